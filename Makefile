@@ -1,0 +1,27 @@
+# Two entry points, each setting up what it needs in .venv/ on a fresh machine:
+#   make demo   the Django example under gunicorn with gcfork, under load, ending in the report
+#   make test   lint, type-check, docs check and the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench,examples]'
+	touch $@
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check gcfork tests examples benchmarks
+	$(BIN)/mypy gcfork
+	$(BIN)/python -m gcfork settings --check docs/configuration.md
+
+test: lint
+	$(BIN)/pytest
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m gcfork demo
+
+clean:
+	rm -rf $(VENV) .venvs bench-results

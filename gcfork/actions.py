@@ -1,0 +1,110 @@
+"""The garbage-collector transitions of a pre-fork server, one function each.
+
+Each function says which process runs it. None knows anything of gunicorn:
+the adapter in :mod:`gcfork.gunicorn` decides when to call them.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import NamedTuple
+
+from gcfork.typing import Thresholds
+
+__all__ = [
+    "GCState",
+    "default_thresholds",
+    "disable_in_master",
+    "enable_in_worker",
+    "freeze",
+    "gc_semantics",
+    "gc_state",
+]
+
+
+class GCState(NamedTuple):
+    """A snapshot of the collector of the calling process."""
+
+    enabled: bool
+    thresholds: Thresholds
+    freeze_count: int
+    counts: tuple[int, ...]
+
+
+def gc_state() -> GCState:
+    """The collector's state in the calling process, read back from :mod:`gc`."""
+    return GCState(gc.isenabled(), gc.get_threshold(), gc.get_freeze_count(), gc.get_count())
+
+
+def disable_in_master() -> None:
+    """Master, as early as possible: stop the collector.
+
+    Done before the app is imported, so that no collection frees objects
+    between the import and the fork: every freed slot would be a hole in an
+    otherwise shared page, and a worker's first allocations would fill it,
+    copying the page.
+    """
+    gc.disable()
+
+
+def freeze(collect_first: bool = False) -> int:
+    """Master, right before each fork: move every tracked object to the
+    permanent generation, so that collections in the child never write to
+    their headers. Also used in a worker right after a late app import.
+
+    Args:
+        collect_first: run a full collection before freezing (see the
+            ``collect_before_freeze`` setting for why it is off by default).
+
+    Returns:
+        The number of objects now frozen.
+    """
+    if collect_first:
+        gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def enable_in_worker(thresholds: Thresholds | None, enable: bool = True) -> GCState:
+    """Worker, right after the fork: set the thresholds, turn the collector on.
+
+    Args:
+        thresholds: the worker's thresholds; None keeps the current ones.
+        enable: False leaves the collector off (mode ``disable``).
+
+    Returns:
+        The collector's state read back afterwards, as proof.
+    """
+    if thresholds is not None:
+        gc.set_threshold(*thresholds)
+    if enable:
+        gc.enable()
+    else:
+        gc.disable()
+    return gc_state()
+
+
+_THRESHOLDS_AT_IMPORT: Thresholds = gc.get_threshold()
+
+
+def default_thresholds() -> Thresholds:
+    """The thresholds in force when gcfork was imported: the interpreter's
+    default (700, 10, 10 up to 3.12; 2000, 10, 10 from 3.13), unless something
+    imported earlier changed them."""
+    return _THRESHOLDS_AT_IMPORT
+
+
+def gc_semantics() -> str:
+    """What this interpreter's three threshold values mean, in one phrase."""
+    version = sys.version_info[:3]
+    if (3, 14, 0) <= version <= (3, 14, 4):
+        return (
+            "incremental GC: threshold0 counts allocations before a young collection, "
+            "threshold1 sets how much of the old generation each increment scans, "
+            "threshold2 is unused"
+        )
+    return (
+        "generational GC: threshold0 counts allocations before a gen-0 collection, "
+        "threshold1 and threshold2 count collections of the generation below"
+    )

@@ -1,0 +1,241 @@
+"""The gunicorn adapter: ``gcfork.install(globals())`` in ``gunicorn.conf.py``.
+
+gcfork acts through gunicorn's server hooks, each of which runs in a known
+process (see gunicorn's settings reference):
+
+=================  =======  ==================================================
+hook               process  what gcfork does there
+=================  =======  ==================================================
+on_starting        master   log the policy; warn about missing preload
+pre_fork           master   give the worker a slot and thresholds; freeze
+post_fork          worker   set thresholds, enable the GC, log the proof
+post_worker_init   worker   without preload: freeze the app just imported
+=================  =======  ==================================================
+
+A config file can define the same hooks, before or after gcfork's line. Both
+orders keep the user's hook: a hook already in the namespace when
+:func:`install` runs is chained at once, and one defined later is chained when
+gunicorn stores it (gcfork wraps ``gunicorn.config.Config.set`` for the hook
+settings it uses, once per process). The user's hook runs as it would without
+gcfork; gcfork's part runs before it, except in ``pre_fork``, where the freeze
+must be the last thing before the fork.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Callable
+
+from gcfork import actions
+from gcfork.exceptions import ConfigError
+from gcfork.policy import Policy
+from gcfork.typing import Thresholds, WorkerInfo
+
+__all__ = ["install"]
+
+Hook = Callable[..., object]
+
+
+class _Adapter:
+    """gcfork's state in one gunicorn process tree; one instance per process."""
+
+    def __init__(self) -> None:
+        self.policy = Policy()
+        self.installed = False
+        self.started = False
+        self._frozen_once = False
+        self._slot_of_age: dict[int, int] = {}
+        # Set in the master right before a fork, read in the child right after:
+        # the child inherits it with the rest of the master's memory.
+        self._next: tuple[int, WorkerInfo, Thresholds | None] | None = None
+
+    # -- master -------------------------------------------------------------
+
+    def on_starting(self, server: Any) -> None:
+        self.started = True
+        preload = bool(server.cfg.preload_app)
+        server.log.info(self.policy.describe(preload=preload))
+        if self.policy.mode == "disable":
+            server.log.warning(
+                "gcfork: mode=disable: the GC stays off in workers, so reference cycles "
+                "made by requests are never freed; bound worker memory with max_requests"
+            )
+        if self.policy.changes_gc and not preload:
+            server.log.warning(
+                "gcfork: preload_app is False, so workers import the app themselves and "
+                "share nothing of it with the master; set preload_app = True (or run "
+                "gunicorn with --preload) to share it. Meanwhile each worker freezes the "
+                "app right after importing it, so its collections skip that heap."
+            )
+
+    def pre_fork(self, server: Any, worker: Any) -> None:
+        info = WorkerInfo(index=self._take_slot(server, worker.age), age=worker.age)
+        try:
+            thresholds = self.policy.thresholds_for(info)
+        except ConfigError as exc:
+            server.log.error("gcfork: %s; worker %s keeps the interpreter's thresholds",
+                             exc, info)
+            thresholds = None
+        self._next = (worker.age, info, thresholds)
+        if not self.policy.changes_gc:
+            return
+        if actions.gc_state().enabled:
+            server.log.warning("gcfork: something re-enabled the GC in the master; "
+                               "disabling it again")
+            actions.disable_in_master()
+        first = not self._frozen_once
+        self._frozen_once = True
+        actions.freeze(collect_first=first and self.policy.collect_before_freeze)
+
+    def _take_slot(self, server: Any, age: int) -> int:
+        live = {w.age for w in server.WORKERS.values()}
+        self._slot_of_age = {a: s for a, s in self._slot_of_age.items() if a in live}
+        taken = set(self._slot_of_age.values())
+        slot = next(i for i in range(len(taken) + 1) if i not in taken)
+        self._slot_of_age[age] = slot
+        return slot
+
+    # -- worker -------------------------------------------------------------
+
+    def post_fork(self, server: Any, worker: Any) -> None:
+        if not self.policy.changes_gc:
+            return
+        info, thresholds = self._assignment(worker)
+        if not server.cfg.preload_app:
+            # The GC stays off until post_worker_init has frozen the app import.
+            if thresholds is not None:
+                actions.enable_in_worker(thresholds, enable=False)
+            return
+        self._enable(worker, info, thresholds)
+
+    def post_worker_init(self, worker: Any) -> None:
+        if not self.policy.changes_gc or worker.cfg.preload_app:
+            return
+        actions.freeze()
+        info, thresholds = self._assignment(worker)
+        self._enable(worker, info, thresholds)
+
+    def _assignment(self, worker: Any) -> tuple[WorkerInfo, Thresholds | None]:
+        if self._next is not None and self._next[0] == worker.age:
+            return self._next[1], self._next[2]
+        return WorkerInfo(index=-1, age=worker.age), None
+
+    def _enable(self, worker: Any, info: WorkerInfo, thresholds: Thresholds | None) -> None:
+        state = actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+        wanted = thresholds or state.thresholds
+        ok = (state.enabled == self.policy.workers_collect
+              and state.thresholds[: len(wanted)] == wanted)
+        log = worker.log.info if ok else worker.log.error
+        log(
+            "gcfork: worker slot=%s age=%s pid=%s: GC %s, thresholds %s, %s objects frozen%s",
+            info.index, info.age, worker.pid, "on" if state.enabled else "off",
+            state.thresholds, state.freeze_count,
+            "" if ok else f" (NOT what the policy asked: enabled={self.policy.workers_collect}, "
+                          f"thresholds={wanted})",
+        )
+
+
+_HOOK_ARITY = {"on_starting": 1, "pre_fork": 2, "post_fork": 2, "post_worker_init": 1}
+_OURS_LAST = frozenset({"pre_fork"})
+_ADAPTER = _Adapter()
+
+
+class _Chain:
+    """A gunicorn hook that runs gcfork's part and the user's, in that order
+    (reversed for ``pre_fork``). gcfork's part never raises."""
+
+    def __init__(self, name: str, theirs: Hook | None) -> None:
+        self.name = name
+        self.theirs = theirs
+        # gunicorn checks a hook's arity; give it the one of gcfork's method.
+        self.__signature__ = inspect.signature(getattr(_ADAPTER, name))
+
+    def __call__(self, *args: Any) -> None:
+        if self.name in _OURS_LAST:
+            self._call_theirs(*args)
+            self._call_ours(*args)
+        else:
+            self._call_ours(*args)
+            self._call_theirs(*args)
+
+    def _call_theirs(self, *args: Any) -> None:
+        if self.theirs is not None:
+            self.theirs(*args)
+
+    def _call_ours(self, *args: Any) -> None:
+        try:
+            getattr(_ADAPTER, self.name)(*args)
+        except Exception:
+            log = getattr(args[0], "log", None)
+            if log is None:
+                raise
+            log.exception("gcfork: %s hook failed; the server carries on without it", self.name)
+
+    def __repr__(self) -> str:
+        return f"<gcfork hook {self.name} chained with {self.theirs!r}>"
+
+
+def _chain(name: str, current: object) -> _Chain:
+    if isinstance(current, _Chain):
+        return current
+    return _Chain(name, current if callable(current) else None)
+
+
+def _wrap_config_set() -> None:
+    """Chain the user's hooks that gunicorn stores after :func:`install` ran."""
+    from gunicorn.config import Config
+
+    if getattr(Config.set, "_gcfork", False):
+        return
+    original = Config.set
+
+    def set(self: Any, name: str, value: object) -> None:
+        original(self, name, value)
+        if name in _HOOK_ARITY and _ADAPTER.installed:
+            setting = self.settings[name]
+            setting.value = _chain(name, setting.value)
+
+    set._gcfork = True  # type: ignore[attr-defined]
+    Config.set = set
+
+
+def install(namespace: MutableMapping[str, Any], **settings: Any) -> Policy:
+    """Turn gcfork on from ``gunicorn.conf.py``: ``gcfork.install(globals())``.
+
+    Disables the GC in this (the master) process at once, before gunicorn
+    imports the app, and registers the hooks that freeze before every fork and
+    re-enable the GC in every worker. Safe to run again (gunicorn re-reads the
+    config file on ``HUP``): the new settings apply to workers forked after.
+
+    Args:
+        namespace: the config file's ``globals()``: gcfork's hooks go there,
+            chained with any hook the file defines.
+        **settings: gcfork's settings (see ``docs/configuration.md``);
+            ``GCFORK_*`` environment variables override them.
+
+    Returns:
+        The policy in force.
+
+    Exits:
+        With status 1 and one line on stderr naming the setting, the value and
+        what is allowed, if a setting is invalid at start-up. On a reload, an
+        invalid setting is reported and the previous policy is kept.
+    """
+    try:
+        policy = Policy.from_settings(settings)
+    except ConfigError as exc:
+        if _ADAPTER.started:
+            print(f"gcfork: error: {exc}; keeping the previous settings", file=sys.stderr)
+            return _ADAPTER.policy
+        print(f"gcfork: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    _ADAPTER.policy = policy
+    _ADAPTER.installed = True
+    if policy.changes_gc:
+        actions.disable_in_master()
+    for name in _HOOK_ARITY:
+        namespace[name] = _chain(name, namespace.get(name))
+    _wrap_config_set()
+    return policy

@@ -1,0 +1,108 @@
+"""The GC policy in force: validated settings, frozen, with the decisions they imply."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gcfork import actions
+from gcfork.config import THRESHOLDS as _THRESHOLDS_SETTING
+from gcfork.config import resolve, worker_thresholds
+from gcfork.exceptions import ConfigError
+from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
+
+__all__ = ["Policy"]
+
+_MODE_MEANING: Mapping[Mode, str] = {
+    "freeze": "GC off in the master, frozen before every fork, on in workers",
+    "disable": "GC off in the master and in workers, frozen before every fork",
+    "off": "gcfork leaves the GC alone",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What gcfork does, decided once from the settings.
+
+    Build it with :meth:`from_settings`; the adapters only ask it questions.
+    """
+
+    mode: Mode = "freeze"
+    thresholds: ThresholdsSetting = None
+    collect_before_freeze: bool = False
+    report_interval: float = 60.0
+    stats_dir: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_settings(
+        cls, given: Mapping[str, object], environ: Mapping[str, str] | None = None
+    ) -> Policy:
+        """Validate ``given`` (and ``GCFORK_*`` in ``environ``) into a policy.
+
+        Raises:
+            ConfigError: a value that a setting refuses.
+        """
+        resolved = resolve(given, environ)
+        values: dict[str, Any] = {name: r.value for name, r in resolved.items()}
+        return cls(**values, sources={name: r.source for name, r in resolved.items()})
+
+    @property
+    def changes_gc(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def workers_collect(self) -> bool:
+        return self.mode == "freeze"
+
+    def thresholds_for(self, worker: WorkerInfo) -> Thresholds | None:
+        """The thresholds a worker must set, or None to keep the interpreter's.
+
+        Raises:
+            ConfigError: the thresholds callable failed or returned a bad value.
+        """
+        if not self.workers_collect or self.thresholds is None:
+            return None
+        if callable(self.thresholds):
+            return worker_thresholds(
+                _call(self.thresholds, worker), f"the thresholds callable for {worker}"
+            )
+        thresholds: Thresholds = self.thresholds
+        return thresholds
+
+    def describe(self, preload: bool | None = None) -> str:
+        """One line stating the policy, for the master's log at start."""
+        if callable(self.thresholds):
+            name = getattr(self.thresholds, "__qualname__", repr(self.thresholds))
+            thresholds = f"per worker from {name}()"
+        elif self.thresholds is None:
+            thresholds = f"interpreter default {actions.default_thresholds()}"
+        else:
+            thresholds = str(self.thresholds)
+        if self.workers_collect:
+            thresholds += f" [{self.sources.get('thresholds', 'default')}]"
+        else:
+            thresholds = "n/a (no collections in workers)"
+        parts = [
+            f"mode={self.mode} ({_MODE_MEANING[self.mode]}) "
+            f"[{self.sources.get('mode', 'default')}]",
+            f"worker thresholds={thresholds}",
+            f"collect_before_freeze={self.collect_before_freeze}",
+        ]
+        if preload is not None:
+            parts.append(f"preload_app={preload}")
+        parts.append(
+            f"{platform.python_implementation()} {platform.python_version()} "
+            f"({actions.gc_semantics()})"
+        )
+        return "gcfork: " + "; ".join(parts)
+
+
+def _call(fn: Any, worker: WorkerInfo) -> object:
+    try:
+        return fn(worker)
+    except Exception as exc:
+        raise ConfigError("thresholds", fn, _THRESHOLDS_SETTING.allowed,
+                          f"the thresholds callable for {worker}", repr(exc)) from exc

@@ -1,0 +1,68 @@
+"""A WSGI app that reports the garbage-collector state of the worker serving it.
+
+Endpoints:
+    /gc?sleep=S   the worker's pid, ppid and GC state (after sleeping S seconds,
+                  so that concurrent requests spread over the workers)
+    /fork         forks a child the way multiprocessing does and reports the GC
+                  state of both sides, to show that gcfork leaves it alone
+    /cycles?n=N   makes N reference cycles (garbage for the collector)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
+
+# A little heap for the master to share, as a real app would have.
+REFERENCE = {f"key{i}": {"id": i, "tags": [str(i)] * 3} for i in range(20_000)}
+
+
+def _state() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "enabled": gc.isenabled(),
+        "thresholds": list(gc.get_threshold()),
+        "freeze_count": gc.get_freeze_count(),
+    }
+
+
+def _fork_report() -> dict[str, Any]:
+    before = _state()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.write(write_end, json.dumps(_state()).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return {"before": before, "after": _state(), "child": child}
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    path = environ.get("PATH_INFO", "/")
+    if path == "/gc":
+        time.sleep(float(query.get("sleep", ["0"])[0]))
+        body: Any = _state()
+    elif path == "/fork":
+        body = _fork_report()
+    elif path == "/cycles":
+        for _ in range(int(query.get("n", ["1000"])[0])):
+            node: dict[str, Any] = {}
+            node["self"] = node
+        body = _state()
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    data = json.dumps(body).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(data)))])
+    return [data]

@@ -1,0 +1,129 @@
+"""Fixtures that start real gunicorn masters with real forked workers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gcfork.server import GunicornProcess
+
+REPO = Path(__file__).resolve().parent.parent
+VENVS = REPO / ".venvs"
+
+StartServer = Callable[..., GunicornProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start a gunicorn master whose config file is ``conf``; stopped at teardown.
+
+    ``conf`` is the config file's text (dedented); ``ready`` waits for that many
+    workers. The test app and gcfork are importable through PYTHONPATH.
+    """
+    servers: list[GunicornProcess] = []
+
+    def start(
+        conf: str,
+        workers: int = 2,
+        app: str = "tests.apps.gcstate:app",
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        ready: bool = True,
+    ) -> GunicornProcess:
+        n = len(servers)
+        config = tmp_path / f"gunicorn_{n}.conf.py"
+        # control_socket_disable: gunicorn 24+ would share one control socket path
+        # between concurrent test servers; older versions ignore the unknown name.
+        header = f"workers = {workers}\ncontrol_socket_disable = True\n"
+        config.write_text(header + textwrap.dedent(conf))
+        server = GunicornProcess(
+            app, config, tmp_path / f"gunicorn_{n}.log", python=python, cwd=REPO,
+            env={"PYTHONPATH": str(REPO), **(env or {})},
+        )
+        servers.append(server)
+        server.start()
+        if ready:
+            server.wait_ready(workers)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def worker_states(server: GunicornProcess, count: int, timeout: float = 20.0) -> dict[int, Any]:
+    """Ask every live worker for its GC state: ``{pid: state}`` for ``count`` workers.
+
+    Concurrent slow requests spread over the sync workers; only answers from
+    pids that are the master's children now are kept.
+    """
+    deadline = time.monotonic() + timeout
+    states: dict[int, Any] = {}
+    with ThreadPoolExecutor(max_workers=count * 2) as pool:
+        while time.monotonic() < deadline:
+            live = set(server.worker_pids())
+            states = {pid: s for pid, s in states.items() if pid in live}
+            if len(states) >= count and len(live) == count:
+                return states
+            answers = pool.map(lambda _: server.get("/gc?sleep=0.15"), range(count * 2))
+            for status, body in answers:
+                assert status == 200, body
+                state = json.loads(body)
+                if state["pid"] in live:
+                    states[state["pid"]] = state
+    raise AssertionError(f"saw {sorted(states)} of {count} workers:\n{server.log()[-2000:]}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def pyenv_python(minor: str) -> str | None:
+    """The newest pyenv CPython ``3.<minor>.x`` on this machine, or None."""
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        root = os.path.expanduser("~/.pyenv")
+    versions = Path(root, "versions")
+    found = sorted(
+        (p for p in versions.glob(f"{minor}.*") if p.name.replace(".", "").isdigit()),
+        key=lambda p: tuple(int(x) for x in p.name.split(".")),
+    ) if versions.is_dir() else []
+    for candidate in reversed(found):
+        python = candidate / "bin" / "python"
+        if python.exists():
+            return str(python)
+    return None
+
+
+def venv_with(python: str, name: str, *requirements: str) -> str:
+    """A cached virtual environment made by ``python`` with ``requirements``;
+    returns its interpreter. Built once under ``.venvs/`` (ignored by git)."""
+    target = VENVS / name
+    bin_python = target / "bin" / "python"
+    marker = target / ".complete"
+    if not marker.exists():
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", str(target)], check=True)
+        subprocess.run([str(bin_python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *requirements], check=True)
+        marker.write_text(" ".join(requirements))
+    return str(bin_python)
