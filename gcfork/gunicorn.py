@@ -90,9 +90,13 @@ class _Adapter:
         actions.freeze(collect_first=first and self.policy.collect_before_freeze)
 
     def _take_slot(self, server: Any, age: int) -> int:
-        live = {w.age for w in server.WORKERS.values()}
+        live = sorted((w.age for w in server.WORKERS.values()), reverse=True)
         self._slot_of_age = {a: s for a, s in self._slot_of_age.items() if a in live}
-        taken = set(self._slot_of_age.values())
+        # gunicorn keeps the youngest num_workers workers and retires the rest
+        # (a HUP forks the new generation before the old one leaves), so only
+        # the slots of those that stay alongside the new worker are taken.
+        staying = live[: max(getattr(server, "num_workers", len(live) + 1) - 1, 0)]
+        taken = {self._slot_of_age[a] for a in staying if a in self._slot_of_age}
         slot = next(i for i in range(len(taken) + 1) if i not in taken)
         self._slot_of_age[age] = slot
         return slot
@@ -124,7 +128,8 @@ class _Adapter:
 
     def _enable(self, worker: Any, info: WorkerInfo, thresholds: Thresholds | None) -> None:
         state = actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
-        wanted = thresholds or state.thresholds
+        kept = actions.significant_thresholds()
+        wanted = (thresholds or state.thresholds)[:kept]
         ok = (state.enabled == self.policy.workers_collect
               and state.thresholds[: len(wanted)] == wanted)
         log = worker.log.info if ok else worker.log.error

@@ -123,7 +123,8 @@ def venv_with(python: str, name: str, *requirements: str) -> str:
     if not marker.exists():
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run([python, "-m", "venv", str(target)], check=True)
-        subprocess.run([str(bin_python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+        subprocess.run([str(bin_python), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check",
                         *requirements], check=True)
         marker.write_text(" ".join(requirements))
     return str(bin_python)

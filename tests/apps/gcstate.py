@@ -14,7 +14,8 @@ import gc
 import json
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 # A little heap for the master to share, as a real app would have.
