@@ -20,6 +20,7 @@ __all__ = [
     "freeze",
     "gc_semantics",
     "gc_state",
+    "significant_thresholds",
 ]
 
 
@@ -95,14 +96,25 @@ def default_thresholds() -> Thresholds:
     return _THRESHOLDS_AT_IMPORT
 
 
+def _incremental() -> bool:
+    # CPython 3.14.0 to 3.14.4 shipped the incremental collector; 3.14.5
+    # brought the generational one back.
+    return (3, 14, 0) <= sys.version_info[:3] <= (3, 14, 4)
+
+
+def significant_thresholds() -> int:
+    """How many threshold values this interpreter keeps: the incremental
+    collector ignores the third and reads it back as 0."""
+    return 2 if _incremental() else 3
+
+
 def gc_semantics() -> str:
     """What this interpreter's three threshold values mean, in one phrase."""
-    version = sys.version_info[:3]
-    if (3, 14, 0) <= version <= (3, 14, 4):
+    if _incremental():
         return (
             "incremental GC: threshold0 counts allocations before a young collection, "
-            "threshold1 sets how much of the old generation each increment scans, "
-            "threshold2 is unused"
+            "threshold1 is the rate at which the old generation is scanned (higher is "
+            "slower), threshold2 is ignored"
         )
     return (
         "generational GC: threshold0 counts allocations before a gen-0 collection, "
