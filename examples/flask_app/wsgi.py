@@ -1,0 +1,7 @@
+"""WSGI entry point: ``wsgi:app``."""
+
+from __future__ import annotations
+
+from library import create_app
+
+app = create_app()
