@@ -6,10 +6,16 @@ process (see gunicorn's settings reference):
 =================  =======  ==================================================
 hook               process  what gcfork does there
 =================  =======  ==================================================
-on_starting        master   log the policy; warn about missing preload
+on_starting        master   log the policy; warn about missing preload;
+                            make the stats directory and advertise it
+when_ready         master   start the sampling thread (report line)
 pre_fork           master   give the worker a slot and thresholds; freeze
-post_fork          worker   set thresholds, enable the GC, log the proof
+post_fork          worker   set thresholds, enable the GC, log the proof;
+                            start the thread publishing GC statistics
 post_worker_init   worker   without preload: freeze the app just imported
+worker_exit        worker   publish the final GC statistics and USS
+child_exit         master   log the worker's exit line; delete its record
+on_exit            master   log the full report; remove the stats directory
 =================  =======  ==================================================
 
 A config file can define the same hooks, before or after gcfork's line. Both
@@ -24,16 +30,28 @@ must be the last thing before the fork.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, Callable
 
-from gcfork import actions
+from gcfork import actions, memory
 from gcfork.exceptions import ConfigError
 from gcfork.policy import Policy
+from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
+from gcfork.stats import (
+    GCCollector,
+    Publisher,
+    StatsDir,
+    StatsDirError,
+    StatsRecord,
+    advertise,
+    withdraw,
+)
 from gcfork.typing import Thresholds, WorkerInfo
 
-__all__ = ["install"]
+__all__ = ["install", "is_installed"]
 
 Hook = Callable[..., object]
 
@@ -50,6 +68,11 @@ class _Adapter:
         # Set in the master right before a fork, read in the child right after:
         # the child inherits it with the rest of the master's memory.
         self._next: tuple[int, WorkerInfo, Thresholds | None] | None = None
+        # The report's state: made in the master, inherited by every worker.
+        self.stats: StatsDir | None = None
+        self.collector = GCCollector()
+        self.sampler: Sampler | None = None
+        self.publisher: Publisher | None = None
 
     # -- master -------------------------------------------------------------
 
@@ -69,6 +92,73 @@ class _Adapter:
                 "gunicorn with --preload) to share it. Meanwhile each worker freezes the "
                 "app right after importing it, so its collections skip that heap."
             )
+        self._open_stats(server)
+
+    def _open_stats(self, server: Any) -> None:
+        if self.stats is not None:
+            return
+        try:
+            self.stats = StatsDir.create(self.policy.stats_dir)
+        except (OSError, StatsDirError) as exc:
+            server.log.error("gcfork: %s; the server runs without GC statistics", exc)
+            return
+        self.collector.install()
+        pid = os.getpid()
+        try:
+            advertise(pid, memory.process_start(pid) or 0, self.stats.path)
+            how = f"gcfork report --pid {pid}"
+        except StatsDirError as exc:
+            server.log.warning("gcfork: cannot advertise the stats directory: %s", exc)
+            how = f"gcfork report --pid {pid} --stats-dir {self.stats.path}"
+        server.log.info("gcfork: GC statistics in %s; `%s` shows memory sharing",
+                        self.stats.path, how)
+
+    def when_ready(self, server: Any) -> None:
+        if self.stats is None or self.sampler is not None:
+            return
+
+        def master_record() -> StatsRecord:
+            # 0 says "no dirty arbiter", which the report tells from "unknown".
+            dirty = getattr(server, "dirty_arbiter_pid", 0) or 0
+            return self.collector.record("master", None, dirty_arbiter_pid=dirty)
+
+        self.sampler = Sampler(os.getpid(), self.stats, master_record, server.log.info,
+                               self.policy.report_interval)
+        self.stats.publish(master_record())
+        self.sampler.start()
+
+    def child_exit(self, server: Any, worker: Any) -> None:
+        if self.stats is None:
+            return
+        record = self.stats.find(worker.pid)
+        last = self.sampler.row_of(worker.pid) if self.sampler is not None else None
+        private = record.uss_at_exit if record is not None else None
+        if private is None and last is not None:
+            private = last.memory.uss
+        age = None
+        if record is not None:
+            age = (record.written if record.final else time.time()) - record.started
+        elif last is not None:
+            age = last.age(time.time())
+        server.log.info(worker_exit_line(worker.pid, record, age, private))
+        if record is not None:
+            self.stats.remove(record.pid, record.start)
+
+    def on_exit(self, server: Any) -> None:
+        if self.stats is None:
+            return
+        pid = os.getpid()
+        try:
+            if self.sampler is not None:
+                self.sampler.stop()
+            last = self.sampler.last if self.sampler is not None else None
+            report = last if last is not None else collect(pid, self.stats.path)
+            server.log.info("gcfork: report at shutdown (sampled %.0fs before):\n%s",
+                            time.time() - report.taken, TableRenderer()(report))
+        finally:
+            self.stats.remove(pid, memory.process_start(pid) or 0)
+            withdraw(pid, memory.process_start(pid) or 0)
+            self.stats.destroy()
 
     def pre_fork(self, server: Any, worker: Any) -> None:
         info = WorkerInfo(index=self._take_slot(server, worker.age), age=worker.age)
@@ -104,6 +194,13 @@ class _Adapter:
     # -- worker -------------------------------------------------------------
 
     def post_fork(self, server: Any, worker: Any) -> None:
+        try:
+            self._post_fork_gc(server, worker)
+        finally:
+            # After the GC is set up, so that the first record shows it on.
+            self._start_publishing(worker)
+
+    def _post_fork_gc(self, server: Any, worker: Any) -> None:
         if not self.policy.changes_gc:
             return
         info, thresholds = self._assignment(worker)
@@ -120,6 +217,31 @@ class _Adapter:
         actions.freeze()
         info, thresholds = self._assignment(worker)
         self._enable(worker, info, thresholds)
+
+    def _start_publishing(self, worker: Any) -> None:
+        # Published whatever the mode: mode "off" is the baseline of a comparison.
+        self.sampler = None  # the master's thread does not run in a child
+        if self.stats is None:
+            return
+        try:
+            self.collector.reset()
+            self.collector.install()
+            # worker.nr is read from the thread: the request path does no work for it.
+            self.publisher = Publisher(
+                self.stats, lambda: self.collector.record("worker", worker.nr),
+                on_error=lambda msg: worker.log.warning("gcfork: %s", msg),
+            )
+            self.publisher.start()
+        except Exception:
+            worker.log.exception("gcfork: cannot publish GC statistics; serving without them")
+
+    def worker_exit(self, server: Any, worker: Any) -> None:
+        # gunicorn also calls this hook in the master for a worker it found gone.
+        if self.publisher is None or os.getpid() != worker.pid:
+            return
+        self.publisher.stop()
+        self.publisher.publish(self.collector.record(
+            "worker", worker.nr, final=True, uss_at_exit=memory.own_uss()))
 
     def _assignment(self, worker: Any) -> tuple[WorkerInfo, Thresholds | None]:
         if self._next is not None and self._next[0] == worker.age:
@@ -142,7 +264,10 @@ class _Adapter:
         )
 
 
-_HOOK_ARITY = {"on_starting": 1, "pre_fork": 2, "post_fork": 2, "post_worker_init": 1}
+_HOOK_ARITY = {
+    "on_starting": 1, "when_ready": 1, "pre_fork": 2, "post_fork": 2, "post_worker_init": 1,
+    "worker_exit": 2, "child_exit": 2, "on_exit": 1,
+}
 _OURS_LAST = frozenset({"pre_fork"})
 _ADAPTER = _Adapter()
 
@@ -204,6 +329,11 @@ def _wrap_config_set() -> None:
 
     set._gcfork = True  # type: ignore[attr-defined]
     Config.set = set
+
+
+def is_installed() -> bool:
+    """Whether :func:`install` has run in this process."""
+    return _ADAPTER.installed
 
 
 def install(namespace: MutableMapping[str, Any], **settings: Any) -> Policy:

@@ -1,0 +1,5 @@
+"""``python -m gcfork``: the ``gcfork`` command."""
+
+from gcfork.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""gcfork.memory against real processes and the kernel's own figures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from gcfork import memory
+from gcfork.memory import EXITED, NO_PSS, MemorySample, RoleSample
+from tests.conftest import wait_for
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in bytes, read directly."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        lines = f.read().splitlines()[1:]
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
+
+
+def near(a: float, b: float, rel: float = 0.01) -> bool:
+    return abs(a - b) <= rel * max(abs(b), 1)
+
+
+def test_sample_of_a_live_process_matches_smaps_rollup() -> None:
+    heap = [bytearray(4096) for _ in range(5000)]  # 20 MB of private pages
+    direct = smaps_rollup(os.getpid())
+    s = memory.sample(os.getpid())
+    assert s.problem is None and heap
+    assert s.start == memory.process_start(os.getpid())
+    assert near(s.rss or 0, direct["Rss"])
+    assert near(s.pss or 0, direct["Pss"])
+    assert near(s.uss or 0, direct["Private_Clean"] + direct["Private_Dirty"])
+    assert s.shared == (s.rss or 0) - (s.uss or 0)
+    assert s.shared_percent is not None and 0 <= s.shared_percent <= 100
+
+
+def test_exited_and_zombie_processes_get_a_mark_not_an_exception() -> None:
+    reaped = subprocess.Popen(SLEEPER)
+    reaped.kill()
+    reaped.wait()
+    zombie = subprocess.Popen(SLEEPER)
+    zombie.send_signal(signal.SIGKILL)
+    try:
+        # Not reaped: /proc/PID stays, with no memory left.
+        wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE,
+                 what="a zombie")
+        for pid in (reaped.pid, zombie.pid):
+            s = memory.sample(pid)
+            assert s.problem == EXITED, s
+            assert s.rss is None and s.pss is None and s.shared is None
+    finally:
+        zombie.wait()
+    assert memory.process_start(reaped.pid) is None
+
+
+def test_access_denied_is_a_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fake: as root every /proc file is readable, so psutil's refusal is simulated.
+    def refuse(self: psutil.Process) -> None:
+        raise psutil.AccessDenied(self.pid, "python")
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", refuse)
+    s = memory.sample(os.getpid())
+    assert s.problem == memory.DENIED and s.rss is None
+    t = memory.totals([RoleSample("master", s)])
+    assert (t.processes, t.unmeasured, t.sum_pss) == (0, 1, None)
+
+
+def test_platform_without_pss_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fake: a kernel without smaps, where psutil's memory_full_info is memory_info.
+    monkeypatch.setattr(psutil.Process, "memory_full_info", psutil.Process.memory_info)
+    s = memory.sample(os.getpid())
+    assert s.problem == NO_PSS and s.rss and s.pss is None and s.uss is None
+    t = memory.totals([RoleSample("master", s), RoleSample("worker", s)])
+    assert t.sum_rss == 2 * s.rss
+    assert t.sum_pss is None and t.savings is None and t.savings_percent is None
+
+
+def _sample(pid: int, rss: int, pss: int, uss: int, problem: str | None = None) -> MemorySample:
+    return MemorySample(pid, 1, 0.0, rss, pss, uss, 0, problem)
+
+
+def test_totals_formulas() -> None:
+    mib = 1 << 20
+    rows = [
+        RoleSample("master", _sample(1, 100 * mib, 40 * mib, 10 * mib)),
+        RoleSample("worker", _sample(2, 100 * mib, 30 * mib, 20 * mib)),
+        RoleSample("worker", _sample(3, 100 * mib, 30 * mib, 40 * mib)),
+        RoleSample("worker", MemorySample(4, None, None, None, None, None, None, EXITED)),
+    ]
+    t = memory.totals(rows)
+    assert (t.processes, t.unmeasured, t.workers) == (3, 1, 2)
+    assert t.sum_rss == 300 * mib and t.sum_pss == 100 * mib and t.sum_uss == 70 * mib
+    assert t.savings == 200 * mib
+    assert t.savings_percent == pytest.approx(200 / 3)
+    assert t.mean_worker_uss == 30 * mib
+    assert t.mean_worker_shared_percent == pytest.approx((80 + 60) / 2)
