@@ -1,0 +1,117 @@
+"""gcfork.cowprof: a real worker (forked from a real master) profiles itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from gcfork import cowprof
+from tests.conftest import REPO
+
+MASTER = """
+    import gc, json, os, sys, time
+    from gcfork import cowprof
+
+    class Touched:
+        def __init__(self, i):
+            self.i = i
+
+    class Untouched:
+        def __init__(self, i):
+            self.i = i
+
+    gc.disable()
+    # Allocated in separate runs so that the two kinds sit on different pages.
+    touched = [Touched(i) for i in range(30000)]
+    untouched = [Untouched(i) for i in range(30000)]
+    gc.freeze()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        gc.enable()
+        for obj in touched:
+            obj.i  # a reference taken: the refcount is written, the page copied
+        mode = sys.argv[1]
+        if mode == "direct":
+            profile = cowprof.profile_self()
+            os.write(write_end, json.dumps(profile.to_json()).encode())
+        else:
+            cowprof.start_trigger(mode, interval=0.1)
+            time.sleep(30)
+        os._exit(0)
+    os.close(write_end)
+    if sys.argv[1] == "direct":
+        chunks = []
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+        sys.stdout.write(b"".join(chunks).decode())
+    else:
+        deadline = time.monotonic() + 10
+        while not os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        profile = cowprof.request_profile(pid, sys.argv[1], timeout=20)
+        os.kill(pid, 9)
+        sys.stdout.write(json.dumps(profile.to_json()))
+    os.waitpid(pid, 0)
+"""
+
+
+def profile_of_worker(mode: str) -> cowprof.CowProfile:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MASTER), mode], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return cowprof.CowProfile.from_json(json.loads(out.stdout))
+
+
+def check(profile: cowprof.CowProfile) -> None:
+    inherited = [r for r in profile.by_type if r.origin == "inherited"]
+    top = [r.key for r in inherited[:3]]
+    assert "__main__.Touched" in top, inherited[:5]
+    pages = {r.key: r.pages for r in inherited}
+    # 30,000 objects of 48+ bytes: at least 300 pages copied for the touched ones.
+    assert pages["__main__.Touched"] > 300
+    assert pages.get("__main__.Untouched", 0) < pages["__main__.Touched"] / 10
+    modules = {r.key: r.pages for r in profile.by_module if r.origin == "inherited"}
+    assert modules["__main__"] >= pages["__main__.Touched"]
+    anon = [m for m in profile.mappings if m.group in ("[anon]", "[heap]")]
+    assert sum(m.private_dirty for m in anon) > 300 * profile.page_size
+    assert profile.exclusive >= profile.with_objects > 0
+    text = cowprof.render_explain(profile)
+    assert "__main__.Touched" in text and "[anon]" in text
+
+
+def test_profile_self_puts_touched_objects_on_top() -> None:
+    check(profile_of_worker("direct"))
+
+
+def test_file_trigger_and_explain_cli(tmp_path: Path) -> None:
+    directory = tmp_path / "explain"
+    profile = profile_of_worker(str(directory))
+    check(profile)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    (result,) = directory.glob("explain-*.json")
+    assert stat.S_IMODE(result.stat().st_mode) == 0o600
+    assert cowprof.explain_main(["--file", str(result), "--top", "5"]) == 0
+
+
+def test_explain_reports_a_missing_worker(tmp_path: Path) -> None:
+    assert cowprof.explain_main(["--pid", "999999999", "--dir", str(tmp_path)]) == 1
+
+
+def test_write_profile_is_private_and_round_trips(tmp_path: Path) -> None:
+    profile = cowprof.CowProfile(
+        pid=1, started=2, ppid=0, taken=0.0, seconds=0.1, python="3.12.1", page_size=4096,
+        frozen=0, scanned=0, exclusive=0, with_objects=0,
+        by_type=[cowprof.ObjectRow("dict", "inherited", 3, 300, 2)],
+    )
+    path = tmp_path / "p.json"
+    cowprof.write_profile(profile, str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cowprof.read_profile(str(path)) == profile

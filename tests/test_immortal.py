@@ -1,0 +1,115 @@
+"""gcfork.immortal: real forks in CPython 3.12 and 3.13 subprocesses, real /proc reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gcfork import immortal
+from tests.conftest import REPO, pyenv_python, venv_with
+
+PROBE = REPO / "benchmarks" / "immortal_probe.py"
+
+
+def interpreter(minor: str) -> str:
+    python = pyenv_python(minor)
+    if python is None:
+        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
+    # The same cached venv as tests/test_versions.py: gcfork's package imports psutil.
+    return venv_with(python, f"py{minor}-gunicorn", "gunicorn", "psutil")
+
+
+def run(python: str, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, cwd=REPO, timeout=timeout,
+    )
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="checks the refusal before 3.12")
+def test_refuses_before_312_with_a_clear_message() -> None:
+    reason = immortal.unsupported_reason()
+    assert reason is not None and "3.12" in reason
+    with pytest.raises(immortal.ImmortalizeUnsupported) as info:
+        immortal.immortalize_heap()
+    message = str(info.value)
+    assert "cannot make the heap immortal" in message and "no immortal objects" in message
+    assert isinstance(info.value, immortal.GcforkError)
+
+
+def test_unverified_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "version_info", (3, 14, 0, "final", 0))
+    monkeypatch.delattr(sys, "gettotalrefcount", raising=False)
+    reason = immortal.unsupported_reason()
+    assert reason is not None and "3.14" in reason and "not been verified" in reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minor", ["3.12", "3.13"])
+def test_reader_child_copies_far_less_when_immortal(minor: str) -> None:
+    python = interpreter(minor)
+    figures = {}
+    for mode in ("freeze", "immortal"):
+        out = subprocess.run(
+            [python, str(PROBE), "--one", mode, "--records", "100000"],
+            capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True, timeout=60,
+        )
+        figures[mode] = json.loads(out.stdout)
+    frozen = figures["freeze"]["child_copied"]
+    immortal_copied = figures["immortal"]["child_copied"]
+    assert frozen > 10 * 2**20, figures  # the probe does copy with freeze alone
+    assert immortal_copied < 0.25 * frozen, figures
+    assert figures["immortal"]["objects"] > 300_000, figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minor", ["3.12", "3.13"])
+def test_safety_rules_and_finalization(minor: str) -> None:
+    """Finalizer objects and frames stay mortal; gc state is restored; a child
+    that interns strings made immortal and a parent both finalize cleanly."""
+    python = interpreter(minor)
+    result = run(python, """
+        import gc, io, os, sys
+        from gcfork.immortal import immortalize_heap, is_immortal
+
+        class Closing:
+            def __del__(self):
+                pass
+
+        gc.disable()
+        plain = {"k%d" % i: ["v%d" % i, i * 1000] for i in range(2000)}
+        interned = [sys.intern("name_%d" % i) for i in range(2000)]
+        mortal_finalizer = Closing()
+        stream = io.BytesIO()
+        frame = sys._getframe()
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        result = immortalize_heap()
+        assert result.objects > 4000, result
+        assert gc.get_freeze_count() >= frozen and not gc.isenabled()
+        assert is_immortal(plain) and is_immortal(plain["k5"]) and is_immortal(plain["k5"][0])
+        assert all(is_immortal(k) for k in plain), "str keys must be reached"
+        assert is_immortal(interned[7])
+        assert not is_immortal(mortal_finalizer) and not is_immortal(frame)
+        # io objects have a C finalizer (BytesIO, files, sockets).
+        assert hasattr(type(stream), "__del__") == (not is_immortal(stream))
+        pid = os.fork()
+        if pid == 0:
+            gc.enable()
+            again = [sys.intern("".join(["name_", str(i)])) for i in range(2000)]
+            keys = [sys.intern(k) for k in plain]
+            plain.clear()
+            del interned[:]
+            gc.collect()
+            sys.exit(0)  # a normal exit: full finalization in the child
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        print("ok", result.objects)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok"), result.stdout
+    assert result.stderr == ""
