@@ -21,7 +21,7 @@ test: lint
 	$(BIN)/pytest
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m gcfork demo
+	$(BIN)/gcfork bench --example django
 
 clean:
 	rm -rf $(VENV) .venvs bench-results

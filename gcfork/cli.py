@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable, TextIO
 
+from gcfork import bench
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.discover import (
     DiscoveryError,
@@ -102,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", metavar="PATH",
                       help="exit 1 if PATH differs from the reference")
     settings.set_defaults(func=run_settings)
+
+    bench_parser = sub.add_parser(
+        "bench", help="baseline vs gcfork side by side, on an example or your own app",
+        description="Run an app under gunicorn in two or more configurations, one after the "
+                    "other on 127.0.0.1, with the same workers and the same load; measure the "
+                    "cluster at request checkpoints and print the figures side by side, with "
+                    "ratios to the baseline. Writes results.json and chart.png.",
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=bench.run)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""``gcfork bench`` end to end on the small test app: real gunicorn servers,
+real load, real measurements; and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import psutil
+
+from tests.conftest import REPO
+
+SCHEMA = json.loads((REPO / "gcfork" / "bench.schema.json").read_text())
+
+
+def bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text("import gcfork; gcfork.install(globals())\npreload_app = True\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gcfork", "bench", "--config", str(config), "--chdir", str(REPO),
+         "--workers", "2", "--idle", "0", "--out", str(tmp_path / "out"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def servers_of(tmp_path: Path) -> list[psutil.Process]:
+    """Processes still running a config generated under ``tmp_path``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(tmp_path) in part for part in proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20,60",
+                 "--path", "/gc", "--path", "/cycles?n=200")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Memory-sharing report of 'gcfork'" in out
+    assert "copy-on-write saves" in out
+    table = out[out.index("after 60 requests"):]
+    header = table.splitlines()[0].split()
+    assert header[-2:] == ["off", "gcfork"]
+    for row in ("cluster PSS", "mean worker USS", "requests/s", "latency p99", "GC max pause"):
+        assert row in table
+    assert "x)" in table  # ratios to the baseline
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert [r["variant"] for r in results["runs"]] == ["off", "gcfork"]
+    for run in results["runs"]:
+        assert [c["requests"] for c in run["checkpoints"]] == [0, 20, 60, None]
+        assert run["errors"] == 0 and run["requests_per_second"] > 0
+        final = run["checkpoints"][-2]["measured"]
+        assert final["workers"] == 2 and final["cluster_pss"] > 0
+    # The same app ran under both variants: GC on in the baseline's master,
+    # off and frozen in gcfork's.
+    off, on = ({p["role"]: p for p in r["report"]["processes"]} for r in results["runs"])
+    assert off["master"]["gc"]["enabled"] is True and off["master"]["gc"]["freeze_count"] == 0
+    assert on["master"]["gc"]["enabled"] is False and on["master"]["gc"]["freeze_count"] > 0
+    chart = tmp_path / "out" / "chart.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not servers_of(tmp_path)
+
+
+def test_an_app_that_fails_to_boot_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.no_such_module:app", "--path", "/",
+                 "--checkpoints", "10")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1
+    assert "did not boot under variant 'off'" in err
+    assert "no_such_module" in err
+    assert "Traceback (most recent call last)" not in err.split("gunicorn exited")[0]
+    assert not servers_of(tmp_path)
+
+
+def test_usage_errors_exit_2_and_say_what_to_do(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "/gc",
+                 "--variants", "off,fast")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--variants 'off,fast'" in err and "snippet" in err
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "gc",
+                 "--checkpoints", "10")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "starting with '/'" in err
+
+
+def test_ctrl_c_stops_every_server(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "/gc?sleep=0.05",
+                 "--checkpoints", "100000", "--concurrency", "2")
+    deadline = time.monotonic() + 60
+    while not any("gunicorn" in " ".join(p.info["cmdline"] or ()) for p in servers_of(tmp_path)):
+        assert time.monotonic() < deadline, "the benchmark never started a server"
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; every server it started is stopped" in err
+    assert not servers_of(tmp_path)
