@@ -4,7 +4,9 @@ Subcommands:
 
 - ``gcfork report``: the memory-sharing report of a running gunicorn master;
 - ``gcfork settings``: the settings reference, generated from
-  :mod:`gcfork.config`, or a check that a copy of it is current.
+  :mod:`gcfork.config`, or a check that a copy of it is current;
+- ``gcfork explain``: the copy-on-write profile of one running worker
+  (:func:`gcfork.cowprof.explain_main`; exit status 1 if it cannot be had).
 
 Exit status: 0 when all went well, 1 when no master was found or it vanished
 (or, for ``settings --check``, the file is stale), 2 for a usage error.
@@ -21,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable, TextIO
 
-from gcfork import bench
+from gcfork import bench, cowprof
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.discover import (
     DiscoveryError,
@@ -113,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(func=bench.run)
+
+    # Its options belong to cowprof.explain_main, which parses them itself:
+    # with no prefix characters of its own, this parser passes every word on.
+    explain = sub.add_parser(
+        "explain", help="which Python types and modules a worker's copied pages hold",
+        add_help=False, prefix_chars="\0",
+    )
+    explain.add_argument("argv", nargs=argparse.REMAINDER)
+    explain.set_defaults(func=lambda args: cowprof.explain_main(args.argv))
     return parser
 
 

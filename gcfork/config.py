@@ -17,12 +17,15 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
+from gcfork import immortal
 from gcfork.exceptions import ConfigError
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
+from gcfork.warmup import WarmupSetting
 
 __all__ = [
     "SETTINGS",
@@ -213,6 +216,59 @@ def _env_text(text: str) -> object:
     return text or None
 
 
+def _warmup(value: object) -> WarmupSetting | None:
+    if value is None:
+        return None
+    if callable(value):
+        arity = _positional_arity(value)
+        if arity not in (None, 1):
+            raise TypeError(f"the callable takes {arity} arguments, it must take one (the app)")
+        fn: WarmupSetting = value
+        return fn
+    if isinstance(value, (str, bytes)):
+        # A bare string is a sequence of one-letter "paths": always a mistake.
+        raise TypeError(f"a single string; give a list of paths, e.g. [{value!r}]")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list of paths, got {type(value).__name__}")
+    if not value:
+        raise ValueError("no paths; None turns warm-up off")
+    for path in value:
+        if not isinstance(path, str):
+            raise TypeError(f"{path!r} is not a str")
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} does not start with '/'")
+    return tuple(value)
+
+
+def _env_paths(text: str) -> object:
+    if not text:
+        return None
+    return [part.strip() for part in text.split(",")]
+
+
+# A DNS name, an IPv4 address or a bracketed IPv6 address; no port, scheme or path.
+_HOST = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\]")
+
+
+def _host(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a host name, got {type(value).__name__}")
+    if not _HOST.fullmatch(value):
+        raise ValueError("not a bare host name (no scheme, port or path)")
+    return value
+
+
+def _immortalize(value: object) -> bool:
+    wanted = _bool(value)
+    if wanted:
+        # Refused at load time, so that gunicorn exits before any fork rather
+        # than a worker discovering it later.
+        reason = immortal.unsupported_reason()
+        if reason is not None:
+            raise ValueError(reason)
+    return wanted
+
+
 # -- the declarations -----------------------------------------------------------
 
 MODE: Setting[Mode] = Setting(
@@ -235,8 +291,11 @@ What gcfork does to the cyclic garbage collector.
   (Instagram, 2017). Reference cycles created by requests are then never
   freed: use it only with ``max_requests`` or an app known to make no cycles.
   gcfork logs a warning at start.
-- ``off``: gcfork changes nothing; the collector runs as Python sets it up.
-  Useful as the baseline of a comparison: memory is still measured.""",
+- ``off``: gcfork changes nothing; the collector runs as Python sets it up,
+  and the settings of "Beyond freeze" (``warmup``, ``immortalize``,
+  ``fast_exit``) are ignored, with a line in the log. Useful as the baseline
+  of a comparison, and as the one switch that takes gcfork out of the way:
+  memory is still measured.""",
 )
 
 THRESHOLDS: Setting[ThresholdsSetting] = Setting(
@@ -311,8 +370,116 @@ mode 0700 and refuses one that is a symlink or belongs to another user; files in
 it are mode 0600.""",
 )
 
+WARMUP: Setting[WarmupSetting | None] = Setting(
+    name="warmup",
+    section="Beyond freeze",
+    default=None,
+    validator=_warmup,
+    from_env=_env_paths,
+    allowed=(
+        "None, a list of request paths each starting with '/' (not a single string), "
+        "or a callable taking the WSGI app"
+    ),
+    env_syntax="comma-separated paths, e.g. /,/products/?page=2; empty for None",
+    doc="""\
+Warm the app up in the master before the first fork, so that what its first
+requests build (URL resolvers, template caches, lazily imported modules,
+specialised bytecode on 3.11+) is built once and shared, instead of being
+built, and copied, in every worker.
+
+gcfork runs each path as an in-process ``GET`` through the WSGI app (no
+socket), in order, in the master, in gunicorn's ``on_starting`` hook: after
+``preload_app`` imported the app and before anything is frozen or forked. A
+callable is called once with the app instead and may use
+``gcfork.warmup.request(app, path)`` itself, e.g. to send headers.
+Afterwards gcfork closes Django's database connections, if Django is
+imported: a connection must not be shared by the workers.
+
+Every path must answer 2xx or 3xx. If one does not, or the app raises,
+gunicorn stops before forking any worker and prints one line naming the path
+and the status. Paths should be read-only: they run once per master start.
+Needs ``preload_app``: without it gcfork logs a warning and skips the
+warm-up. Ignored in mode ``off``. One line in the master's log gives the
+number of requests and the time taken.""",
+)
+
+WARMUP_HOST: Setting[str] = Setting(
+    name="warmup_host",
+    section="Beyond freeze",
+    default="localhost",
+    validator=_host,
+    from_env=str,
+    allowed="a host name or IP address, without scheme, port or path",
+    env_syntax="a host name, e.g. shop.example.com",
+    doc="""\
+The ``Host`` header (and ``SERVER_NAME``) of the warm-up requests. Apps that
+check it must accept it: Django answers 400 unless it is in
+``ALLOWED_HOSTS`` (which with ``DEBUG = True`` accepts ``localhost``). Set it
+to one of your site's names if the warm-up fails with status 400.""",
+)
+
+IMMORTALIZE: Setting[bool] = Setting(
+    name="immortalize",
+    section="Beyond freeze",
+    default=False,
+    validator=_immortalize,
+    from_env=_env_bool,
+    allowed="True (CPython 3.12 or 3.13, 64-bit release build with the GIL) or False",
+    env_syntax="1/0, true/false, yes/no or on/off",
+    doc="""\
+Experimental. Make every object of the master immortal (PEP 683) right after
+the first freeze, in the master, before the first worker is forked. Freezing
+stops the workers' *collections* from writing to inherited objects; every
+reference a worker takes to one still writes its reference count and copies
+its page. Immortal objects' reference counts are never written, so a worker
+that only reads the app's data keeps those pages shared.
+
+What it costs: the objects made immortal are never freed, in the master or in
+any worker; weak references to them never die; ``sys.getrefcount`` reports
+a huge number for them (third-party "am I the only reference" checks, such as
+numpy's ``ndarray.resize``, then refuse). Objects with a finalizer
+(``__del__``: files, sockets, generators) and frames stay mortal. It runs
+once, at the first fork: objects the master makes later (it makes few) stay
+mortal, so that master bookkeeping such as the records of exited workers can
+still be freed. The walk takes about 0.1 s per 100,000 objects; one line in
+the master's log gives the count, the time and the master's RSS change.
+
+Refused at start-up, naming the reason, on any interpreter other than 64-bit
+CPython 3.12 or 3.13 with the GIL. Ignored in mode ``off``.""",
+)
+
+FAST_EXIT: Setting[bool] = Setting(
+    name="fast_exit",
+    section="Beyond freeze",
+    default=False,
+    validator=_bool,
+    from_env=_env_bool,
+    allowed="True or False",
+    env_syntax="1/0, true/false, yes/no or on/off",
+    doc="""\
+End each worker with ``os._exit`` as the very last step of gunicorn's
+``worker_exit`` hook (after your own ``worker_exit`` hook and gcfork's final
+statistics), instead of letting the interpreter finalize. Finalization clears
+every module's dict and deallocates what it can, writing to inherited objects
+and copying, in the worker's last second, much of the memory it shared: all
+workers at once on a restart.
+
+What it skips: ``atexit`` handlers (among them ``concurrent.futures`` and
+``multiprocessing`` clean-up, ``weakref.finalize`` objects, coverage and
+profilers saving data), the joining of non-daemon threads, and ``__del__``
+methods and C finalizers of live objects (unflushed files lose their buffer,
+database connections are dropped without a goodbye). The standard streams and
+``logging`` handlers are flushed first. gunicorn's exit status is kept, so a
+worker that fails to boot (3) or to load the app (4) still stops the master.
+Ignored in mode ``off``.""",
+)
+
 SETTINGS: Mapping[str, Setting[Any]] = {
-    s.name: s for s in (MODE, THRESHOLDS, COLLECT_BEFORE_FREEZE, REPORT_INTERVAL, STATS_DIR)
+    s.name: s
+    for s in (
+        MODE, THRESHOLDS, COLLECT_BEFORE_FREEZE, REPORT_INTERVAL, STATS_DIR,
+        WARMUP, WARMUP_HOST, IMMORTALIZE, FAST_EXIT,
+    )
 }
 """Every setting, by name, in the order the reference docs list them."""
 

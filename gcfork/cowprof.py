@@ -38,7 +38,10 @@ polls a directory (``0700``, owned by the worker's user) every second for
 ``explain-<pid>.request``. ``gcfork explain --pid PID`` (:func:`explain_main`)
 creates that file, waits for ``explain-<pid>.json`` (written ``0600``) and
 prints :func:`render_explain`. The gunicorn adapter calls
-``start_trigger(directory)`` in ``post_fork``.
+``start_trigger(trigger_dir(stats_dir))`` in ``post_fork``: the directory is
+hidden inside the server's private stats directory, so ``gcfork explain``
+finds it from the worker's pid the way ``gcfork report`` finds the stats
+(:func:`trigger_dir_of`), and it goes away with the stats directory.
 
 Module attribution: modules, functions, classes and code objects name their
 own module (``__name__``, ``__module__``, ``co_filename``); instances of
@@ -66,19 +69,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from gcfork.exceptions import GcforkError
+from gcfork.memory import process_start
+from gcfork.stats import advertised
 
 __all__ = [
     "CowProfile",
     "CowProfileError",
     "MappingRow",
     "ObjectRow",
-    "default_trigger_dir",
     "explain_main",
     "profile_self",
     "read_profile",
     "render_explain",
     "request_profile",
     "start_trigger",
+    "trigger_dir",
+    "trigger_dir_of",
     "write_profile",
 ]
 
@@ -540,8 +546,10 @@ def _children(obj: Any) -> Iterable[object]:  # pragma: no cover - throw-away ch
         # Not a GC object: get_referents sees nothing in it.
         return (obj.co_consts, obj.co_names, obj.co_filename, obj.co_name)
     children = gc.get_referents(obj)
-    if isinstance(obj, dict):
-        # dict_traverse skips the keys of str-keyed dicts.
+    if issubclass(type(obj), dict):
+        # dict_traverse skips the keys of str-keyed dicts. type(), not
+        # isinstance: a proxy (Django's SimpleLazyObject) claims its target's
+        # __class__, and dict.keys refuses it.
         children.extend(dict.keys(obj))
     return children
 
@@ -593,9 +601,33 @@ def read_profile(path: str) -> CowProfile:
         raise CowProfileError(0, f"cannot read {path}: {exc}") from exc
 
 
-def default_trigger_dir() -> str:
-    """``$GCFORK_EXPLAIN_DIR``, else ``/tmp/gcfork-explain-<uid>``."""
-    return os.environ.get("GCFORK_EXPLAIN_DIR") or f"/tmp/gcfork-explain-{os.getuid()}"
+def trigger_dir(stats_dir: str) -> str:
+    """The trigger directory of a server whose stats directory is ``stats_dir``.
+
+    A hidden entry, so the stats readers skip it; removed with the stats
+    directory when the master exits.
+    """
+    return os.path.join(stats_dir, ".explain")
+
+
+def trigger_dir_of(pid: int) -> str:
+    """The trigger directory of worker ``pid``: in the stats directory its
+    master (its parent) advertised, as ``gcfork report`` finds it.
+
+    Raises:
+        CowProfileError: no such process, or its parent advertises nothing.
+    """
+    master = _parent_of(pid)
+    if not master:
+        raise CowProfileError(pid, "no such process")
+    start = process_start(master)
+    stats_dir = advertised(master, start) if start is not None else None
+    if stats_dir is None:
+        raise CowProfileError(
+            pid, f"its parent {master} advertises no gcfork stats directory: is {pid} a worker "
+            "of a gunicorn master running gcfork? Otherwise pass --dir"
+        )
+    return trigger_dir(stats_dir)
 
 
 def _private_dir(path: str) -> str:
@@ -617,7 +649,7 @@ def _paths(directory: str, pid: int) -> tuple[str, str]:
     return base + ".request", base + ".json"
 
 
-def start_trigger(directory: str | None = None, interval: float = 1.0) -> threading.Thread:
+def start_trigger(directory: str, interval: float = 1.0) -> threading.Thread:
     """Worker, in ``post_fork``: start the daemon thread that profiles this
     worker when ``gcfork explain --pid PID`` asks.
 
@@ -625,9 +657,9 @@ def start_trigger(directory: str | None = None, interval: float = 1.0) -> thread
     ``interval`` seconds. A request file owned by another user is ignored.
 
     Args:
-        directory: where requests and profiles go; created ``0700`` if
-            missing, refused if it exists with other owner or mode. Default:
-            :func:`default_trigger_dir`.
+        directory: where requests and profiles go (:func:`trigger_dir`);
+            created ``0700`` if missing, refused if it exists with other
+            owner or mode.
         interval: seconds between two checks.
 
     Returns:
@@ -635,7 +667,7 @@ def start_trigger(directory: str | None = None, interval: float = 1.0) -> thread
 
     .. versionadded:: 0.2
     """
-    where = _private_dir(directory or default_trigger_dir())
+    where = _private_dir(directory)
     thread = threading.Thread(
         target=_serve, args=(where, interval), name="gcfork-explain", daemon=True
     )
@@ -679,17 +711,22 @@ def _write_error(path: str, pid: int, exc: BaseException) -> None:
 def request_profile(pid: int, directory: str | None = None, timeout: float = 60.0) -> CowProfile:
     """Ask the worker ``pid`` (running :func:`start_trigger`) for a profile and wait.
 
+    Args:
+        pid: the worker.
+        directory: its trigger directory; None finds it with :func:`trigger_dir_of`.
+        timeout: seconds to wait for the profile.
+
     Raises:
         CowProfileError: no answer in time, or the worker reported an error.
     """
-    where = directory or default_trigger_dir()
-    request, result = _paths(where, pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         raise CowProfileError(pid, "no such process") from None
     except PermissionError:
         pass
+    where = directory or trigger_dir_of(pid)
+    request, result = _paths(where, pid)
     if not os.path.isdir(where):
         raise CowProfileError(
             pid, f"{where} does not exist: no worker started the explain trigger with it"
@@ -800,13 +837,14 @@ def explain_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="gcfork explain",
         description="Show where a gunicorn worker's private (copied) memory is and which "
-        "Python types and modules live on it. The worker must run gcfork's explain "
-        "trigger (started in post_fork).",
+        "Python types and modules live on it. Every worker of a gunicorn master running "
+        "gcfork answers (gcfork starts the trigger in post_fork).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pid", type=int, help="the worker to profile")
     source.add_argument("--file", help="render a profile saved as JSON instead")
-    parser.add_argument("--dir", help=f"trigger directory (default: {default_trigger_dir()})")
+    parser.add_argument("--dir", help="trigger directory (default: .explain in the stats "
+                        "directory the worker's master advertises)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     parser.add_argument("--top", type=int, default=15, help="rows per table")
     parser.add_argument("--json", action="store_true", help="print the profile as JSON")

@@ -6,7 +6,7 @@ without import cycles.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GcforkError"]
+__all__ = ["ConfigError", "GcforkError", "StartupError"]
 
 
 class GcforkError(Exception):
@@ -42,3 +42,26 @@ class ConfigError(GcforkError, ValueError):
             f"invalid value for setting {self.setting!r} from {self.source}: "
             f"{self.value!r}{because}; allowed: {self.allowed}"
         )
+
+
+class StartupError(GcforkError, RuntimeError):
+    """gcfork refuses to let the server start; raised in the master before any fork.
+
+    The gunicorn adapter lets it through its hooks (every other exception of
+    gcfork's own hook code is logged and swallowed). It is a
+    :class:`RuntimeError` because gunicorn's ``BaseApplication.run`` catches
+    that from the arbiter, prints ``Error: <message>`` and exits with status 1:
+    one line, no traceback.
+
+    Args:
+        msg: what failed and what to do, in one line.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, msg: str) -> None:
+        self.msg = msg
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return self.msg

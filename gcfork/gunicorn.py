@@ -7,13 +7,18 @@ process (see gunicorn's settings reference):
 hook               process  what gcfork does there
 =================  =======  ==================================================
 on_starting        master   log the policy; warn about missing preload;
-                            make the stats directory and advertise it
+                            warm the app up (``warmup``); make the stats
+                            directory and advertise it
 when_ready         master   start the sampling thread (report line)
-pre_fork           master   give the worker a slot and thresholds; freeze
+pre_fork           master   give the worker a slot and thresholds; freeze;
+                            at the first fork, make the heap immortal
+                            (``immortalize``)
 post_fork          worker   set thresholds, enable the GC, log the proof;
-                            start the thread publishing GC statistics
+                            start the thread publishing GC statistics and
+                            the ``gcfork explain`` trigger
 post_worker_init   worker   without preload: freeze the app just imported
-worker_exit        worker   publish the final GC statistics and USS
+worker_exit        worker   publish the final GC statistics and USS; after
+                            the user's hook, ``os._exit`` (``fast_exit``)
 child_exit         master   log the worker's exit line; delete its record
 on_exit            master   log the full report; remove the stats directory
 =================  =======  ==================================================
@@ -24,7 +29,13 @@ orders keep the user's hook: a hook already in the namespace when
 gunicorn stores it (gcfork wraps ``gunicorn.config.Config.set`` for the hook
 settings it uses, once per process). The user's hook runs as it would without
 gcfork; gcfork's part runs before it, except in ``pre_fork``, where the freeze
-must be the last thing before the fork.
+must be the last thing before the fork, and the fast exit, which follows the
+user's ``worker_exit`` even if it raised.
+
+gcfork's hook code never stops the server by accident: its exceptions are
+logged and the server carries on. The one exception is deliberate:
+:class:`~gcfork.exceptions.StartupError` (a failed warm-up), which gunicorn
+reports as ``Error: <message>`` before exiting with status 1.
 """
 
 from __future__ import annotations
@@ -33,11 +44,12 @@ import inspect
 import os
 import sys
 import time
+import traceback
 from collections.abc import MutableMapping
 from typing import Any, Callable
 
-from gcfork import actions, memory
-from gcfork.exceptions import ConfigError
+from gcfork import actions, cowprof, fastexit, immortal, memory, warmup
+from gcfork.exceptions import ConfigError, StartupError
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
 from gcfork.stats import (
@@ -73,6 +85,9 @@ class _Adapter:
         self.collector = GCCollector()
         self.sampler: Sampler | None = None
         self.publisher: Publisher | None = None
+        # Worker: gunicorn's exit status, read before the user's worker_exit
+        # hook runs (an exception it raises would hide it).
+        self._exit_status: int | None = None
 
     # -- master -------------------------------------------------------------
 
@@ -92,7 +107,44 @@ class _Adapter:
                 "gunicorn with --preload) to share it. Meanwhile each worker freezes the "
                 "app right after importing it, so its collections skip that heap."
             )
+        if self.policy.ignored:
+            server.log.info("gcfork: mode=off: %s ignored", ", ".join(self.policy.ignored))
+        if self.policy.warms_up:
+            if preload:
+                self._warm_up(server)
+            else:
+                server.log.warning("gcfork: warm-up skipped: it needs preload_app = True, "
+                                   "since the master does not import the app without it")
         self._open_stats(server)
+
+    def _warm_up(self, server: Any) -> None:
+        """Raises StartupError: before any fork, a warm-up path failed."""
+        host = self.policy.warmup_host
+        paths_or_fn = self.policy.warmup
+        assert paths_or_fn is not None  # policy.warms_up
+        started = time.perf_counter()
+        try:
+            results = warmup.warm_up(server.app.wsgi(), paths_or_fn, host=host)
+        except warmup.WarmupError as exc:
+            # The traceback of an app that raised is for debugging, not for
+            # the one line gunicorn prints.
+            server.log.debug("gcfork: warm-up failed", exc_info=exc.__cause__)
+            hint = ""
+            if exc.status == 400:
+                hint = (f"; if the app checks the Host header (Django's ALLOWED_HOSTS), set "
+                        f"gcfork's warmup_host (now {host!r})")
+            raise StartupError(f"gcfork: {exc}{hint}") from None
+        seconds = time.perf_counter() - started
+        closed = warmup.close_connections()
+        if results:
+            slowest = max(results, key=lambda r: r.seconds)
+            done = (f"{len(results)} requests in {seconds:.3f}s (slowest: GET {slowest.path} "
+                    f"{slowest.status} in {slowest.seconds:.3f}s)")
+        else:
+            name = getattr(paths_or_fn, "__qualname__", "the callable")
+            done = f"{name}(app) ran in {seconds:.3f}s"
+        server.log.info("gcfork: warm-up in the master: %s; closed: %s", done,
+                        ", ".join(closed) or "nothing")
 
     def _open_stats(self, server: Any) -> None:
         if self.stats is not None:
@@ -178,6 +230,24 @@ class _Adapter:
         first = not self._frozen_once
         self._frozen_once = True
         actions.freeze(collect_first=first and self.policy.collect_before_freeze)
+        if first and self.policy.immortalizes:
+            # Once: a later walk would cost a third of the first for the few
+            # objects the master made since, and would make immortal, so
+            # never free, the bookkeeping of every worker that comes and goes.
+            self._immortalize(server)
+
+    def _immortalize(self, server: Any) -> None:
+        try:
+            result = immortal.immortalize_heap()
+        except immortal.ImmortalizeUnsupported as exc:
+            server.log.error("gcfork: %s; workers share the frozen heap without it", exc)
+            return
+        server.log.info(
+            "gcfork: made %d objects of the master immortal (%d left mortal: finalizers, "
+            "frames) in %.3fs; master RSS %+.1f MiB",
+            result.objects, result.skipped, result.seconds,
+            (result.rss_after - result.rss_before) / 2**20,
+        )
 
     def _take_slot(self, server: Any, age: int) -> int:
         live = sorted((w.age for w in server.WORKERS.values()), reverse=True)
@@ -199,6 +269,7 @@ class _Adapter:
         finally:
             # After the GC is set up, so that the first record shows it on.
             self._start_publishing(worker)
+            self._start_explain_trigger(worker)
 
     def _post_fork_gc(self, server: Any, worker: Any) -> None:
         if not self.policy.changes_gc:
@@ -235,13 +306,39 @@ class _Adapter:
         except Exception:
             worker.log.exception("gcfork: cannot publish GC statistics; serving without them")
 
+    def _start_explain_trigger(self, worker: Any) -> None:
+        # In the stats directory, so `gcfork explain` finds it as `gcfork report`
+        # finds the stats; a thread that looks for a file once a second.
+        if self.stats is None:
+            return
+        try:
+            cowprof.start_trigger(cowprof.trigger_dir(self.stats.path))
+        except Exception as exc:
+            worker.log.warning("gcfork: `gcfork explain` cannot profile this worker: %s", exc)
+
     def worker_exit(self, server: Any, worker: Any) -> None:
         # gunicorn also calls this hook in the master for a worker it found gone.
-        if self.publisher is None or os.getpid() != worker.pid:
+        if os.getpid() != worker.pid:
+            return
+        # gunicorn calls the hook while its sys.exit(status) is in flight.
+        self._exit_status = fastexit.exit_status_in_flight()
+        if self.publisher is None:
             return
         self.publisher.stop()
         self.publisher.publish(self.collector.record(
             "worker", worker.nr, final=True, uss_at_exit=memory.own_uss()))
+
+    def worker_exit_last(self, server: Any, worker: Any) -> None:
+        """After the user's ``worker_exit`` hook, even one that raised: end the
+        worker without finalization, with gunicorn's status."""
+        if not self.policy.exits_fast or os.getpid() != worker.pid:
+            return
+        raised = sys.exc_info()[1]
+        if isinstance(raised, Exception):
+            # The user's hook raised: log it as gunicorn would have, on its way out.
+            server.log.warning("Exception during worker exit:\n%s", "".join(
+                traceback.format_exception(type(raised), raised, raised.__traceback__)))
+        fastexit.fast_exit(self._exit_status)
 
     def _assignment(self, worker: Any) -> tuple[WorkerInfo, Thresholds | None]:
         if self._next is not None and self._next[0] == worker.age:
@@ -269,12 +366,15 @@ _HOOK_ARITY = {
     "worker_exit": 2, "child_exit": 2, "on_exit": 1,
 }
 _OURS_LAST = frozenset({"pre_fork"})
+# gcfork steps that follow the user's hook of that name, even one that raised.
+_THEN = {"worker_exit": "worker_exit_last"}
 _ADAPTER = _Adapter()
 
 
 class _Chain:
     """A gunicorn hook that runs gcfork's part and the user's, in that order
-    (reversed for ``pre_fork``). gcfork's part never raises."""
+    (reversed for ``pre_fork``; a second gcfork step follows the user's
+    ``worker_exit``). gcfork's part raises nothing but :class:`StartupError`."""
 
     def __init__(self, name: str, theirs: Hook | None) -> None:
         self.name = name
@@ -285,23 +385,32 @@ class _Chain:
     def __call__(self, *args: Any) -> None:
         if self.name in _OURS_LAST:
             self._call_theirs(*args)
-            self._call_ours(*args)
-        else:
-            self._call_ours(*args)
+            self._call_ours(self.name, *args)
+            return
+        self._call_ours(self.name, *args)
+        then = _THEN.get(self.name)
+        if then is None:
             self._call_theirs(*args)
+            return
+        try:
+            self._call_theirs(*args)
+        finally:
+            self._call_ours(then, *args)
 
     def _call_theirs(self, *args: Any) -> None:
         if self.theirs is not None:
             self.theirs(*args)
 
-    def _call_ours(self, *args: Any) -> None:
+    def _call_ours(self, method: str, *args: Any) -> None:
         try:
-            getattr(_ADAPTER, self.name)(*args)
+            getattr(_ADAPTER, method)(*args)
+        except StartupError:
+            raise  # deliberate: gunicorn prints it and exits before any fork
         except Exception:
             log = getattr(args[0], "log", None)
             if log is None:
                 raise
-            log.exception("gcfork: %s hook failed; the server carries on without it", self.name)
+            log.exception("gcfork: %s hook failed; the server carries on without it", method)
 
     def __repr__(self) -> str:
         return f"<gcfork hook {self.name} chained with {self.theirs!r}>"

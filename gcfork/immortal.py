@@ -332,10 +332,12 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
                     code.co_consts, code.co_names, code.co_filename, code.co_name,
                     code.co_qualname, code.co_linetable, code.co_exceptiontable,
                 )
-            elif isinstance(parent, dict):
+            elif issubclass(type(parent), dict):
                 # dict_traverse skips the keys of str-keyed dicts (strings
                 # cannot form cycles); dict.keys reads the table itself, even
-                # for a subclass that overrides __iter__.
+                # for a subclass that overrides __iter__. type(), not
+                # isinstance: a proxy (Django's SimpleLazyObject) claims its
+                # target's __class__, and dict.keys refuses it.
                 children = get_referents(parent)
                 children.extend(dict.keys(parent))
             else:

@@ -12,6 +12,7 @@ from gcfork.config import THRESHOLDS as _THRESHOLDS_SETTING
 from gcfork.config import resolve, worker_thresholds
 from gcfork.exceptions import ConfigError
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
+from gcfork.warmup import WarmupSetting
 
 __all__ = ["Policy"]
 
@@ -34,6 +35,10 @@ class Policy:
     collect_before_freeze: bool = False
     report_interval: float = 60.0
     stats_dir: str | None = None
+    warmup: WarmupSetting | None = None
+    warmup_host: str = "localhost"
+    immortalize: bool = False
+    fast_exit: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -56,6 +61,27 @@ class Policy:
     @property
     def workers_collect(self) -> bool:
         return self.mode == "freeze"
+
+    @property
+    def warms_up(self) -> bool:
+        return self.changes_gc and self.warmup is not None
+
+    @property
+    def immortalizes(self) -> bool:
+        return self.changes_gc and self.immortalize
+
+    @property
+    def exits_fast(self) -> bool:
+        return self.changes_gc and self.fast_exit
+
+    @property
+    def ignored(self) -> list[str]:
+        """Settings of "Beyond freeze" that are set but ignored, because mode is ``off``."""
+        if self.changes_gc:
+            return []
+        wanted = {"warmup": self.warmup is not None, "immortalize": self.immortalize,
+                  "fast_exit": self.fast_exit}
+        return [name for name, on in wanted.items() if on]
 
     def thresholds_for(self, worker: WorkerInfo) -> Thresholds | None:
         """The thresholds a worker must set, or None to keep the interpreter's.
@@ -90,6 +116,9 @@ class Policy:
             f"[{self.sources.get('mode', 'default')}]",
             f"worker thresholds={thresholds}",
             f"collect_before_freeze={self.collect_before_freeze}",
+            f"warmup={_warmup_words(self.warmup) if self.warms_up else 'off'}",
+            f"immortalize={self.immortalizes}",
+            f"fast_exit={self.exits_fast}",
         ]
         if preload is not None:
             parts.append(f"preload_app={preload}")
@@ -98,6 +127,12 @@ class Policy:
             f"({actions.gc_semantics()})"
         )
         return "gcfork: " + "; ".join(parts)
+
+
+def _warmup_words(warmup: WarmupSetting | None) -> str:
+    if callable(warmup):
+        return f"{getattr(warmup, '__qualname__', repr(warmup))}(app)"
+    return f"{len(warmup or ())} paths"
 
 
 def _call(fn: Any, worker: WorkerInfo) -> object:

@@ -6,6 +6,8 @@ Endpoints:
     /fork         forks a child the way multiprocessing does and reports the GC
                   state of both sides, to show that gcfork leaves it alone
     /cycles?n=N   makes N reference cycles (garbage for the collector)
+    /reference    reads every record of REFERENCE, as a request reading the
+                  app's shared data would (each read writes a reference count)
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ from urllib.parse import parse_qs
 
 # A little heap for the master to share, as a real app would have.
 REFERENCE = {f"key{i}": {"id": i, "tags": [str(i)] * 3} for i in range(20_000)}
+
+
+class _Lazy:
+    """A proxy that claims its target's class, as Django's SimpleLazyObject
+    (``request.user``, ``settings``) does: heap walks must not trust isinstance."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    __class__ = property(lambda self: type(self._target))  # type: ignore[assignment]
+
+
+LAZY = _Lazy({"debug": False})
 
 
 def _state() -> dict[str, Any]:
@@ -55,6 +70,11 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         body: Any = _state()
     elif path == "/fork":
         body = _fork_report()
+    elif path == "/reference":
+        total = 0
+        for key, record in REFERENCE.items():
+            total += len(key) + record["id"] + len(record["tags"][0])
+        body = {"pid": os.getpid(), "records": len(REFERENCE), "total": total}
     elif path == "/cycles":
         for _ in range(int(query.get("n", ["1000"])[0])):
             node: dict[str, Any] = {}
