@@ -53,12 +53,21 @@ class Variant:
             the top of the config, freeze once in ``when_ready``, enable in
             ``post_fork``), with gcfork itself in mode ``off``.
         doc: one line for ``--help``.
+        warmup: warm the app up in the master with the distinct paths of the
+            request mix (gcfork's ``warmup`` setting).
     """
 
     name: str
     env: Mapping[str, str]
     doc: str
     snippet: bool = False
+    warmup: bool = False
+
+    def environ(self, paths: Sequence[str]) -> dict[str, str]:
+        env = dict(self.env)
+        if self.warmup:
+            env["GCFORK_WARMUP"] = ",".join(dict.fromkeys(paths))
+        return env
 
 
 VARIANTS: Mapping[str, Variant] = {
@@ -69,6 +78,14 @@ VARIANTS: Mapping[str, Variant] = {
         Variant("snippet", {"GCFORK_MODE": "off"}, "the common when_ready/post_fork snippet",
                 snippet=True),
         Variant("disable", {"GCFORK_MODE": "disable"}, "gcfork in mode disable"),
+        Variant("warmup", {}, "gcfork, the request mix run once in the master first",
+                warmup=True),
+        Variant("immortal", {"GCFORK_IMMORTALIZE": "1"},
+                "gcfork, the frozen heap made immortal (CPython 3.12+)"),
+        Variant("fastexit", {"GCFORK_FAST_EXIT": "1"}, "gcfork, workers end without "
+                "interpreter finalization"),
+        Variant("beyond", {"GCFORK_IMMORTALIZE": "1", "GCFORK_FAST_EXIT": "1"},
+                "gcfork with warm-up, immortal heap and fast exit", warmup=True),
     )
 }
 
@@ -217,12 +234,12 @@ class Progress:
 
 @contextmanager
 def _serving(target: Example, variant: Variant, settings: Settings, directory: Path,
-             env: Mapping[str, str]) -> Iterator[GunicornProcess]:
+             env: Mapping[str, str], paths: Sequence[str]) -> Iterator[GunicornProcess]:
     config = _write_config(target, variant, directory)
     server = GunicornProcess(
         target.app, config, directory / "gunicorn.log", python=settings.python,
         cwd=target.directory,
-        env={**env, **variant.env, "GCFORK_STATS_DIR": str(directory / "stats")},
+        env={**env, **variant.environ(paths), "GCFORK_STATS_DIR": str(directory / "stats")},
         args=["--workers", str(settings.workers), "--preload"],
     )
     try:
@@ -251,7 +268,7 @@ def run_variant(
     run = Run(variant.name, repeat)
     load = LoadResult()
     stats_dir = str(directory / "stats")
-    with _serving(target, variant, settings, directory, env or {}) as server:
+    with _serving(target, variant, settings, directory, env or {}, paths) as server:
         run.checkpoints.append(Checkpoint(0, figures(_sample(server.pid, stats_dir))))
         sent = 0
         for mark in settings.checkpoints:
