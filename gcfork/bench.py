@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -611,9 +612,13 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
         raise BenchError("give the request mix: --paths FILE or --path /x (repeatable)")
     if not target.config.is_file():
         raise BenchError(f"--config {target.config}: no such file")
+    # Resolved now: the servers run in the app's directory, not in this one.
+    python = shutil.which(args.python)
+    if python is None:
+        raise BenchError(f"--python {args.python}: no such interpreter")
     settings = Settings(workers=args.workers, requests=marks[-1], checkpoints=tuple(marks),
                         concurrency=args.concurrency, idle=args.idle, repeat=args.repeat,
-                        python=args.python)
+                        python=os.path.abspath(python))
     return target, settings, variants, paths
 
 

@@ -91,6 +91,10 @@ def test_usage_errors_exit_2_and_say_what_to_do(tmp_path: Path) -> None:
                  "--checkpoints", "10")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "starting with '/'" in err
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "/gc",
+                 "--python", "no/such/python")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--python no/such/python: no such interpreter" in err
 
 
 def test_ctrl_c_stops_every_server(tmp_path: Path) -> None:
