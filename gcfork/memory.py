@@ -12,6 +12,15 @@ Figures come from psutil's ``memory_full_info()``, which on Linux reads
 - USS: pages only this process maps (``Private_Clean + Private_Dirty``);
 - shared = RSS - USS: resident pages that some other process maps too.
 
+What a sample costs: the kernel walks the process's page tables to write
+``smaps_rollup`` (about 0.7 ms for a 45 MiB Python worker on a 2-core VM),
+with the GIL released. Around it a sample reads ``/proc/PID/stat`` once before
+(identity and zombie state) and once after (the pid not reused meanwhile),
+psutil reads it once more to build its ``Process`` and reads ``statm``; the
+boot time that turns start ticks into epoch seconds is read once per
+:func:`sample_many` call, not once per process as ``create_time()`` would.
+All that adds about 12 % to the kernel's walk (``benchmarks/measure_vs_smem.py``).
+
 psutil's errors are translated here, at the boundary, into a ``problem`` on the
 row: a process that exits while it is measured, one we may not read, or a
 platform without PSS gives a readable mark in its row, never an exception.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -52,6 +62,9 @@ NO_PSS = "no PSS/USS on this platform"
 # only with smaps (CONFIG_PROC_PAGE_MONITOR): without it psutil's
 # memory_full_info() is memory_info(). macOS and Windows give USS alone.
 HAS_PSS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/self/smaps")
+
+_LINUX = sys.platform.startswith("linux")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100  # as psutil's CLOCK_TICKS
 
 
 class MemorySample(NamedTuple):
@@ -141,18 +154,30 @@ def process_start(pid: int) -> int | None:
     Returns:
         The start time, or None if there is no such process.
     """
-    if sys.platform.startswith("linux"):
+    if _LINUX:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
+            return _stat(pid)[0]
         except OSError:
             return None
-        # The command name (field 2) may contain spaces and parentheses.
-        return int(data[data.rindex(b")") + 2 :].split()[19])
     try:
         return round(psutil.Process(pid).create_time() * 100)
     except psutil.Error:
         return None
+
+
+def _stat(pid: int) -> tuple[int, bool]:
+    """Linux: ``pid``'s start time in clock ticks and whether it is a zombie,
+    from one read of ``/proc/PID/stat``.
+
+    Raises:
+        OSError: no such process (``FileNotFoundError``, ``ProcessLookupError``)
+            or not ours to read (``PermissionError``, ``hidepid=1``).
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name (field 2) may contain spaces and parentheses.
+    fields = data[data.rindex(b")") + 2 :].split(None, 20)
+    return int(fields[19]), fields[0] in (b"Z", b"X")  # zombie or dead
 
 
 def _failed(pid: int, start: int | None, started: float | None, problem: str) -> MemorySample:
@@ -169,10 +194,44 @@ def sample(pid: int) -> MemorySample:
         Its sample; never raises for a process that exits, one that may not
         be read, or a platform without PSS: ``problem`` says so instead.
     """
-    start = process_start(pid)
+    return _sample(pid, _boot_time())
+
+
+def _boot_time() -> float | None:
+    """psutil's boot time (read from ``/proc/stat``), once per batch: the
+    Linux start times in clock ticks become epoch seconds from it, as
+    ``create_time()`` would give them for each process at the cost of one
+    read of ``/proc/stat`` per process. None elsewhere."""
+    if not _LINUX:
+        return None
+    try:
+        return psutil.boot_time()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _sample(pid: int, boot: float | None) -> MemorySample:
+    # Linux reads /proc/PID/stat once before (identity and zombie state) and
+    # once after (the pid not reused meanwhile); psutil reads it once more to
+    # build its Process, then smaps_rollup and statm for memory_full_info().
+    start: int | None = None
+    started: float | None = None
+    if _LINUX:
+        try:
+            start, zombie = _stat(pid)
+        except PermissionError:
+            return _failed(pid, None, None, DENIED)
+        except OSError:
+            return _failed(pid, None, None, EXITED)
+        started = None if boot is None else start / _CLOCK_TICKS + boot
+        if zombie:  # exited, not yet reaped: no memory left, not a zero row
+            return _failed(pid, start, started, EXITED)
+    else:
+        start = process_start(pid)
     try:
         proc = psutil.Process(pid)
-        started = proc.create_time()
+        if started is None:
+            started = proc.create_time()
     except psutil.AccessDenied:
         return _failed(pid, start, None, DENIED)
     except psutil.NoSuchProcess:  # ZombieProcess too
@@ -183,15 +242,26 @@ def sample(pid: int) -> MemorySample:
         return _failed(pid, start, started, DENIED)
     except psutil.NoSuchProcess:
         return _failed(pid, start, started, EXITED)
+    if _exited_meanwhile(pid, start, proc, mem.rss):
+        return _failed(pid, start, started, EXITED)
     pss, uss = getattr(mem, "pss", None), getattr(mem, "uss", None)
     problem = None if pss is not None and uss is not None else NO_PSS
-    if mem.rss == 0 and _is_zombie(proc):
-        # An exited child not yet reaped has no memory left: not a zero row.
-        return _failed(pid, start, started, EXITED)
-    if start is not None and process_start(pid) != start:
-        return _failed(pid, start, started, EXITED)  # the pid was reused meanwhile
     return MemorySample(pid, start, started, mem.rss, pss, uss, getattr(mem, "swap", None),
                         problem)
+
+
+def _exited_meanwhile(pid: int, start: int | None, proc: psutil.Process, rss: int) -> bool:
+    """Whether ``pid`` exited, or its pid was reused, while it was measured: an
+    exited child not yet reaped has no memory left, which is not a zero row."""
+    if _LINUX:
+        try:
+            after, zombie = _stat(pid)
+        except OSError:
+            return True
+        return after != start or (rss == 0 and zombie)
+    if rss == 0 and _is_zombie(proc):
+        return True
+    return start is not None and process_start(pid) != start
 
 
 def _is_zombie(proc: psutil.Process) -> bool:
@@ -206,15 +276,35 @@ def sample_many(pids: Iterable[int], threads: int = 1) -> list[MemorySample]:
 
     Args:
         pids: the processes.
-        threads: how many to measure at once. Nearly all the time goes to the
-            kernel walking each process's page tables for ``smaps_rollup``,
-            with the GIL released, so threads scale with the CPUs; keep 1 in
-            a server's master so it stays one sampling thread.
+        threads: how many to measure at once, the calling thread being one of
+            them. Nearly all the time goes to the kernel walking each
+            process's page tables for ``smaps_rollup``, with the GIL released,
+            so threads scale with the CPUs; keep 1 in a server's master so it
+            stays one sampling thread.
     """
+    boot = _boot_time()
+    todo = list(pids)
+    threads = min(threads, len(todo))
     if threads <= 1:
-        return [sample(pid) for pid in pids]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gcfork-sample") as pool:
-        return list(pool.map(sample, pids))
+        return [_sample(pid, boot) for pid in todo]
+    rows: list[MemorySample | None] = [None] * len(todo)
+    queue = iter(enumerate(todo))
+    lock = threading.Lock()
+
+    def measure() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            rows[item[0]] = _sample(item[1], boot)
+
+    with ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="gcfork-sample") as pool:
+        helpers = [pool.submit(measure) for _ in range(threads - 1)]
+        measure()
+        for helper in helpers:
+            helper.result()
+    return [row for row in rows if row is not None]
 
 
 def totals(rows: Sequence[RoleSample], worker_role: str = "worker") -> ClusterTotals:

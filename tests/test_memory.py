@@ -101,3 +101,27 @@ def test_totals_formulas() -> None:
     assert t.savings_percent == pytest.approx(200 / 3)
     assert t.mean_worker_uss == 30 * mib
     assert t.mean_worker_shared_percent == pytest.approx((80 + 60) / 2)
+
+
+def test_sample_many_in_threads_keeps_the_order_and_marks_the_gone() -> None:
+    sleepers = [subprocess.Popen(SLEEPER) for _ in range(5)]
+    gone = subprocess.Popen(SLEEPER)
+    gone.kill()
+    gone.wait()
+    try:
+        pids = [os.getpid(), *(p.pid for p in sleepers[:2]), gone.pid,
+                *(p.pid for p in sleepers[2:])]
+        for threads in (1, 2, 3, 16):
+            rows = memory.sample_many(pids, threads)
+            assert [r.pid for r in rows] == pids
+            assert rows[3].problem == EXITED and rows[3].rss is None
+            for r in rows[:3] + rows[4:]:
+                assert r.problem is None and r.rss and r.pss and r.uss
+                assert r.start == memory.process_start(r.pid)
+                # From the start ticks and one boot time: what psutil's create_time() says.
+                assert r.started == pytest.approx(psutil.Process(r.pid).create_time(), abs=0.011)
+        assert memory.sample_many([], 4) == []
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
