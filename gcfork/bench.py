@@ -372,9 +372,20 @@ def summary(runs: Sequence[Run], variants: Sequence[str]) -> dict[str, dict[str,
     return out
 
 
-def render_table(summary_: Mapping[str, Mapping[str, Any]], settings: Settings) -> str:
-    """The side-by-side table: one column per variant, ratios to the first."""
+def render_table(summary_: Mapping[str, Mapping[str, Any]], settings: Settings,
+                 baseline: str | None = None) -> str:
+    """The side-by-side table: one column per variant, the baseline first,
+    every other variant's figures with their ratio to the baseline's.
+
+    Args:
+        summary_: per variant, as :func:`summary` makes it.
+        settings: the load the figures come from.
+        baseline: the variant to compare with; the first one when None.
+    """
     names = list(summary_)
+    if baseline is not None:
+        names.remove(baseline)
+        names.insert(0, baseline)
     base = summary_[names[0]]
     rows: list[tuple[str, ...]] = [
         (f"after {settings.checkpoints[-1]:,} requests", *names),
@@ -445,6 +456,7 @@ def results_json(runs: Sequence[Run], summary_: Mapping[str, Any], settings: Set
         "version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
+        "server_python": python_version(settings.python),
         "target": {"name": target.name, "app": target.app, "config": str(target.config)},
         "settings": {**asdict(settings), "checkpoints": list(settings.checkpoints)},
         "summary": summary_,
@@ -459,6 +471,15 @@ def check_paths(paths: Sequence[str], where: object) -> list[str]:
         raise BenchError(f"{where}: expected request paths, each starting with '/'"
                          + (f"; got {bad[0]!r}" if bad else "; there are none"))
     return list(paths)
+
+
+def python_version(python: str) -> str:
+    """The version of the interpreter that runs the servers."""
+    if python == sys.executable:
+        return sys.version.split()[0]
+    done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def read_paths(path: Path) -> list[str]:
@@ -570,6 +591,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seconds to wait after the load before the idle measurement")
     how.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved")
     how.add_argument("--out", type=Path, help="results directory (default bench-results/DATE)")
+    how.add_argument("--baseline", help="variant the ratios compare with (default: the first)")
+    how.add_argument("--results", type=Path, metavar="RESULTS_JSON",
+                     help="print the table of an earlier run's results.json instead of running")
 
 
 def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str], list[str]]:
@@ -627,8 +651,12 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
 
     Returns the exit status: 0 done, 1 failed, 2 bad options, 130 interrupted.
     """
+    if args.results is not None:
+        return rerender(args.results, args.baseline, stream)
     try:
         target, settings, variants, paths = settings_from(args)
+        if args.baseline is not None and args.baseline not in variants:
+            raise BenchError(f"--baseline {args.baseline}: not one of --variants {args.variants}")
     except BenchError as exc:
         sys.stderr.write(f"gcfork bench: error: {exc}\n")
         return 2
@@ -647,6 +675,31 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
     last = next(r for r in reversed(runs) if r.variant == variants[-1])
     stream.write(f"\nMemory-sharing report of {last.variant!r} after the load "
                  f"({target.name}, {settings.workers} workers):\n\n{last.report_table}\n\n")
-    stream.write(render_table(summary_, settings) + "\n\n")
+    stream.write(render_table(summary_, settings, args.baseline) + "\n\n")
     stream.write(f"results: {json_path}\nchart:   {chart_path}\n")
+    return 0
+
+
+def rerender(path: Path, baseline: str | None, stream: TextIO) -> int:
+    """``gcfork bench --results FILE``: the table of an earlier run, again,
+    against any of its variants as the baseline."""
+    try:
+        data = json.loads(path.read_text())
+        fields = {k: v for k, v in data["settings"].items() if k in Settings.__dataclass_fields__}
+        settings = Settings(**{**fields, "checkpoints": tuple(fields["checkpoints"])})
+        summary_ = data["summary"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.stderr.write(f"gcfork bench: error: {path} is not a gcfork bench results.json: "
+                         f"{exc}\n")
+        return 2
+    if baseline is not None and baseline not in summary_:
+        sys.stderr.write(f"gcfork bench: error: --baseline {baseline}: the run has "
+                         f"{', '.join(summary_)}\n")
+        return 2
+    # JSON has no NaN: figures that could not be measured come back as None.
+    clean = {name: {k: (float("nan") if v is None else v) for k, v in figures.items()}
+             for name, figures in summary_.items()}
+    stream.write(f"{data['target']['name']} on CPython {data.get('server_python', '?')}, "
+                 f"{settings.workers} workers, {data['created']}\n\n")
+    stream.write(render_table(clean, settings, baseline) + "\n")
     return 0

@@ -110,3 +110,19 @@ def test_ctrl_c_stops_every_server(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted; every server it started is stopped" in err
     assert not servers_of(tmp_path)
+
+
+def test_results_rerendered_against_another_baseline(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "/gc",
+                 "--checkpoints", "20", "--variants", "off,gcfork,disable")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    results = str(tmp_path / "out" / "results.json")
+    again = subprocess.run(
+        [sys.executable, "-m", "gcfork", "bench", "--results", results, "--baseline", "gcfork"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True,
+    ).stdout
+    header = next(line for line in again.splitlines() if line.startswith("after 20 requests"))
+    assert header.split()[3:] == ["gcfork", "off", "disable"]
+    pss = next(line for line in again.splitlines() if line.startswith("cluster PSS"))
+    assert pss.count("x)") == 2  # the two others, as ratios to gcfork
