@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from gcfork.cowprof import render_explain, request_profile, trigger_dir
+from gcfork.exceptions import GcforkError
 from gcfork.load import LoadResult, run_load
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.server import GunicornProcess, ServerError
@@ -146,6 +148,7 @@ class Run:
     errors: int = 0
     report: dict[str, Any] = field(default_factory=dict)
     report_table: str = ""
+    explain: str = ""
 
     def final(self) -> dict[str, Any]:
         return self.checkpoints[-1].measured if self.checkpoints else {}
@@ -163,6 +166,7 @@ class Settings:
     repeat: int = 1
     seed: int = 0
     python: str = sys.executable
+    explain: bool = False
 
 
 # -- running one variant -------------------------------------------------------
@@ -289,11 +293,24 @@ def run_variant(
         run.checkpoints.append(Checkpoint(None, figures(final)))
         run.report = final.to_dict()
         run.report_table = TableRenderer()(final)
+        if settings.explain and final.workers:
+            run.explain = _explain(final.workers[0].pid, stats_dir, directory)
     run.requests_per_second = load.requests / load.elapsed if load.elapsed else 0.0
     run.p50_ms = load.percentile(0.50) * 1000
     run.p99_ms = load.percentile(0.99) * 1000
     run.errors = load.errors
     return run
+
+
+def _explain(worker: int, stats_dir: str, directory: Path) -> str:
+    """What one worker copied, by mapping, type and module (``gcfork explain``);
+    also written to ``explain.txt`` beside the run's log."""
+    try:
+        text = render_explain(request_profile(worker, trigger_dir(stats_dir)))
+    except GcforkError as exc:
+        text = f"gcfork explain --pid {worker} failed: {exc}"
+    (directory / "explain.txt").write_text(text + "\n")
+    return text
 
 
 def _sample(master_pid: int, stats_dir: str) -> Report:
@@ -591,6 +608,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seconds to wait after the load before the idle measurement")
     how.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved")
     how.add_argument("--out", type=Path, help="results directory (default bench-results/DATE)")
+    how.add_argument("--explain", action="store_true",
+                     help="after the load, profile one worker per variant with gcfork explain "
+                     "(what it copied, by mapping, type and module)")
     how.add_argument("--baseline", help="variant the ratios compare with (default: the first)")
     how.add_argument("--results", type=Path, metavar="RESULTS_JSON",
                      help="print the table of an earlier run's results.json instead of running")
@@ -642,7 +662,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
         raise BenchError(f"--python {args.python}: no such interpreter")
     settings = Settings(workers=args.workers, requests=marks[-1], checkpoints=tuple(marks),
                         concurrency=args.concurrency, idle=args.idle, repeat=args.repeat,
-                        python=os.path.abspath(python))
+                        python=os.path.abspath(python), explain=args.explain)
     return target, settings, variants, paths
 
 
@@ -677,6 +697,9 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
                  f"({target.name}, {settings.workers} workers):\n\n{last.report_table}\n\n")
     stream.write(render_table(summary_, settings, args.baseline) + "\n\n")
     stream.write(f"results: {json_path}\nchart:   {chart_path}\n")
+    for run_ in runs:
+        if run_.explain:
+            stream.write(f"explain: {out_dir / f'{run_.variant}-{run_.repeat}' / 'explain.txt'}\n")
     return 0
 
 

@@ -41,7 +41,7 @@ def servers_of(tmp_path: Path) -> list[psutil.Process]:
 
 def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
     proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20,60",
-                 "--path", "/gc", "--path", "/cycles?n=200")
+                 "--path", "/gc", "--path", "/cycles?n=200", "--explain")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Memory-sharing report of 'gcfork'" in out
@@ -58,6 +58,7 @@ def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
     for run in results["runs"]:
         assert [c["requests"] for c in run["checkpoints"]] == [0, 20, 60, None]
         assert run["errors"] == 0 and run["requests_per_second"] > 0
+        assert "Private memory by mapping" in run["explain"], run["explain"]
         final = run["checkpoints"][-2]["measured"]
         assert final["workers"] == 2 and final["cluster_pss"] > 0
     # The same app ran under both variants: GC on in the baseline's master,
