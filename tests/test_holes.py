@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from gcfork import holes
-from tests.conftest import REPO, VENVS
+from tests.conftest import REPO, pyenv_python, venv_with
 
 # Captured from CPython 3.9.18 (4 KiB pools, 256 KiB arenas, no arena map),
 # trimmed to a few rows; the class rows add up to the available bytes.
@@ -132,10 +132,11 @@ def test_fill_uses_up_the_free_blocks() -> None:
 
 
 def _cached(minor: str) -> str:
-    venv = VENVS / f"py{minor}-gunicorn"
-    if not (venv / ".complete").exists():
-        pytest.skip(f"no cached {venv.name} venv (tests/test_versions.py builds it)")
-    return str(venv / "bin" / "python")
+    python = pyenv_python(minor)
+    if python is None:
+        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
+    # The venv tests/test_versions.py uses too: gcfork's package imports psutil.
+    return venv_with(python, f"py{minor}-gunicorn", "gunicorn", "psutil")
 
 
 @pytest.mark.parametrize("minor", ["3.9", "3.10", "3.12", "3.13"])
