@@ -223,6 +223,14 @@ BAD_SETTINGS = [
     ("", {"GCFORK_MODE": "FREEZE!"}, "GCFORK_MODE"),
     ("", {"GCFORK_COLLECT_BEFORE_FREEZE": "maybe"}, "GCFORK_COLLECT_BEFORE_FREEZE"),
     ("", {"GCFORK_TRESHOLDS": "700"}, "GCFORK_TRESHOLDS"),
+    ("warmup='/'", {}, "'warmup'"),
+    ("warmup=['/ok', 'no-slash']", {}, "'warmup'"),
+    ("warmup=lambda: None", {}, "'warmup'"),
+    ("warmup_host='http://example.com'", {}, "'warmup_host'"),
+    ("fast_exit=1", {}, "'fast_exit'"),
+    ("immortalize='yes'", {}, "'immortalize'"),
+    ("", {"GCFORK_FAST_EXIT": "soon"}, "GCFORK_FAST_EXIT"),
+    ("", {"GCFORK_WARMUP": "/a,b"}, "GCFORK_WARMUP"),
 ]
 
 
