@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -681,6 +682,8 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
         sys.stderr.write(f"gcfork bench: error: {exc}\n")
         return 2
     out_dir = (args.out or default_out_dir()).resolve()
+    # A polite kill gets the same clean-up as Ctrl-C: every server stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         setup_target(target, settings.python, sys.stderr)
@@ -701,6 +704,10 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
         if run_.explain:
             stream.write(f"explain: {out_dir / f'{run_.variant}-{run_.repeat}' / 'explain.txt'}\n")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def rerender(path: Path, baseline: str | None, stream: TextIO) -> int:

@@ -68,6 +68,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from gcfork import actions
 from gcfork.exceptions import GcforkError
 
 __all__ = [
@@ -247,7 +248,10 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
     finally:
         if was_enabled:
             gc.enable()
-    _release_free_memory()
+    # The walk's large temporary lists are freed by now, but glibc raises its
+    # mmap threshold after the first large free, so later ones came from the
+    # brk heap and stay resident (about 4 MB for 640,000 objects) unless trimmed.
+    actions.release_free_memory()
     return ImmortalizeResult(objects, skipped, time.perf_counter() - started, rss_before, _rss())
 
 
@@ -355,27 +359,6 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
                 stack.append(child)
     del tracked
     return made, skipped
-
-
-def _release_free_memory() -> None:
-    """Give the walk's freed temporaries back to the OS (glibc only).
-
-    Its large lists are freed by then, but glibc raises its mmap threshold
-    after the first large free, so later ones come from the brk heap and stay
-    resident in the master: measured at about 4 MB for a 640,000-object heap.
-    ``malloc_trim(0)`` returns free heap pages; elsewhere this does nothing.
-    """
-    import ctypes
-
-    try:
-        # The process's own symbols, libc's included; no ctypes.util, which
-        # may run ldconfig in a subprocess.
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
 
 
 def _rss() -> int:

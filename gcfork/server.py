@@ -8,6 +8,7 @@ known at once and no other process can take it in between.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import os
 import signal
@@ -80,7 +81,7 @@ class GunicornProcess:
                 [self.python, "-m", "gunicorn", "-c", self.config, "--bind", f"fd://{fd}",
                  *self.args, self.app],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                pass_fds=(fd,), cwd=self.cwd, env=env,
+                pass_fds=(fd,), cwd=self.cwd, env=env, preexec_fn=_stop_with_parent,
             )
         return self
 
@@ -185,6 +186,22 @@ class GunicornProcess:
             return response.status, response.read()
         finally:
             conn.close()
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM to the master if
+    the process that started it dies, so that even a benchmark killed with
+    SIGKILL leaves no server behind. Elsewhere nothing happens."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _create_time(proc: psutil.Process) -> float:
