@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -93,6 +94,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = ""
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def like_a_terminal() -> None:
+    """``preexec_fn`` for a command that a test stops with SIGINT, as Ctrl-C.
+
+    A shell that runs the test suite in the background makes its jobs ignore
+    SIGINT, and the children inherit that: Python then installs no Ctrl-C
+    handler. A terminal's foreground job has the default disposition; so does
+    the child started with this.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def pyenv_python(minor: str) -> str | None:

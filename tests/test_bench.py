@@ -15,7 +15,7 @@ import jsonschema
 import psutil
 import pytest
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, like_a_terminal, wait_for
 
 SCHEMA = json.loads((REPO / "gcfork" / "bench.schema.json").read_text())
 
@@ -27,7 +27,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "gcfork", "bench", "--config", str(config), "--chdir", str(REPO),
          "--workers", "2", "--idle", "0", "--out", str(tmp_path / "out"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=like_a_terminal,
     )
 
 

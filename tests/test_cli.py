@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from gcfork.config import settings_markdown
-from tests.conftest import REPO, StartServer, wait_for
+from tests.conftest import REPO, StartServer, like_a_terminal, wait_for
 
 CONF = "import gcfork; gcfork.install(globals(), report_interval=0)\npreload_app = True\n"
 
@@ -128,6 +128,7 @@ def test_watch_refreshes_until_interrupted_or_the_master_exits(
     watch = subprocess.Popen(
         [sys.executable, "-m", "gcfork", "report", "--pid", str(server.pid), "--json",
          "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=like_a_terminal,
     )
     time.sleep(1.5)
     watch.send_signal(signal.SIGINT)
