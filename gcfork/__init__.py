@@ -7,16 +7,22 @@ One line in ``gunicorn.conf.py``::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from gcfork.exceptions import ConfigError, GcforkError
 from gcfork.gunicorn import install
 from gcfork.policy import Policy
 from gcfork.typing import WorkerInfo
 
-try:
-    __version__ = version("gcfork")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    # importlib.metadata costs the gunicorn master ~40 ms and the email
+    # package at import; only someone asking for the version pays for it.
+    if name != "__version__":
+        raise AttributeError(f"module 'gcfork' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gcfork")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0+unknown"
 
 __all__ = ["ConfigError", "GcforkError", "Policy", "WorkerInfo", "__version__", "install"]
