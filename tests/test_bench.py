@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -20,15 +21,32 @@ from tests.conftest import REPO, like_a_terminal, wait_for
 SCHEMA = json.loads((REPO / "gcfork" / "bench.schema.json").read_text())
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_bench_outlives_its_test() -> Iterator[None]:
+    """Kill any benchmark a failed test left running; its servers follow it
+    (PR_SET_PDEATHSIG)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     config = tmp_path / "gunicorn.conf.py"
     config.write_text("import gcfork; gcfork.install(globals())\npreload_app = True\n")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gcfork", "bench", "--config", str(config), "--chdir", str(REPO),
          "--workers", "2", "--idle", "0", "--out", str(tmp_path / "out"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=like_a_terminal,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def servers_of(tmp_path: Path) -> list[psutil.Process]:

@@ -132,7 +132,11 @@ def test_watch_refreshes_until_interrupted_or_the_master_exits(
     )
     time.sleep(1.5)
     watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=10)
+    try:
+        out, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
     assert watch.returncode == 0, err
     documents = [json.loads(line) for line in out.splitlines()]
     assert len(documents) >= 2 and len({d["taken"] for d in documents}) == len(documents)
@@ -143,7 +147,11 @@ def test_watch_refreshes_until_interrupted_or_the_master_exits(
     )
     time.sleep(1.0)
     server.stop()
-    out, err = table.communicate(timeout=10)
+    try:
+        out, err = table.communicate(timeout=10)
+    finally:
+        if table.poll() is None:
+            table.kill()
     assert table.returncode == 1
     assert out.count("copy-on-write saves") >= 2
     assert f"master {server.pid}" in err and "run `gcfork report` again" in err
