@@ -31,19 +31,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gcfork.cowprof import render_explain, request_profile, trigger_dir
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import BenchError, GcforkError, ServerError
 from gcfork.load import LoadResult, run_load
 from gcfork.report import Report, TableRenderer, collect
-from gcfork.server import GunicornProcess, ServerError
+from gcfork.server import GunicornProcess
 from gcfork.stats import PUBLISH_INTERVAL
 
 __all__ = ["BenchError", "Example", "Variant", "add_arguments", "run", "run_bench"]
 
 SCHEMA_VERSION = 1
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

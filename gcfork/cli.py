@@ -26,13 +26,13 @@ from typing import Callable, TextIO
 from gcfork import bench, cowprof
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.discover import (
-    DiscoveryError,
     Master,
     choose,
     find_masters,
     master_from_pid,
     master_from_pidfile,
 )
+from gcfork.exceptions import DiscoveryError
 from gcfork.report import JSONRenderer, Report, TableRenderer, collect
 
 __all__ = ["build_parser", "main"]

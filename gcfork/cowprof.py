@@ -68,7 +68,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import CowProfileError
 from gcfork.memory import process_start
 from gcfork.stats import advertised
 
@@ -106,23 +106,6 @@ _SMAPS_FIELDS = {
     b"Private_Dirty:": "private_dirty",
     b"Swap:": "swap",
 }
-
-
-class CowProfileError(GcforkError):
-    """The profile could not be taken or read.
-
-    Args:
-        pid: the worker concerned.
-        msg: what went wrong.
-    """
-
-    def __init__(self, pid: int, msg: str) -> None:
-        self.pid = pid
-        self.msg = msg
-        super().__init__(pid, msg)
-
-    def __str__(self) -> str:
-        return f"copy-on-write profile of pid {self.pid}: {self.msg}"
 
 
 class MappingRow(NamedTuple):

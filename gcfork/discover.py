@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import psutil
 
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import DiscoveryError
 from gcfork.memory import process_start
 from gcfork.stats import advertised
 
@@ -47,10 +47,6 @@ WORKER = "worker"
 DIRTY_ARBITER = "dirty-arbiter"
 DIRTY_WORKER = "dirty-worker"
 OTHER_CHILD = "child"
-
-
-class DiscoveryError(GcforkError):
-    """No master could be chosen; the message says what to do."""
 
 
 class Master(NamedTuple):

@@ -1,12 +1,25 @@
-"""Exceptions raised by gcfork.
+"""Every exception gcfork raises on purpose, all subclasses of :class:`GcforkError`.
 
 Kept in a module of their own so that every other module can import them
-without import cycles.
+without import cycles; each is also importable from the module that raises it.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GcforkError", "StartupError"]
+__all__ = [
+    "BenchError",
+    "ConfigError",
+    "CowProfileError",
+    "DiscoveryError",
+    "GcforkError",
+    "ImmortalizeUnsupported",
+    "MasterGone",
+    "PoolStatsUnavailable",
+    "ServerError",
+    "StartupError",
+    "StatsDirError",
+    "WarmupError",
+]
 
 
 class GcforkError(Exception):
@@ -65,3 +78,102 @@ class StartupError(GcforkError, RuntimeError):
 
     def __str__(self) -> str:
         return self.msg
+
+
+class DiscoveryError(GcforkError):
+    """No master could be chosen; the message says what to do."""
+
+
+class MasterGone(DiscoveryError):
+    """The master exited before or while it was measured."""
+
+
+class StatsDirError(GcforkError):
+    """A stats or runtime directory that gcfork refuses to use.
+
+    Args:
+        path: the directory.
+        reason: why it is refused, in words.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(path, reason)
+
+    def __str__(self) -> str:
+        return f"refusing directory {self.path}: {self.reason}"
+
+
+class WarmupError(GcforkError):
+    """A warm-up request failed; the server should not start.
+
+    Args:
+        path: the request path.
+        status: the HTTP status answered, or None if the app raised.
+        reason: the status line or the exception.
+    """
+
+    def __init__(self, path: str, status: int | None, reason: str) -> None:
+        self.path = path
+        self.status = status
+        self.reason = reason
+        super().__init__(path, status, reason)
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return f"warm-up request GET {self.path} raised {self.reason}"
+        return (
+            f"warm-up request GET {self.path} answered {self.reason!r}; warm-up paths must "
+            "answer 2xx or 3xx"
+        )
+
+
+class CowProfileError(GcforkError):
+    """The profile could not be taken or read.
+
+    Args:
+        pid: the worker concerned.
+        msg: what went wrong.
+    """
+
+    def __init__(self, pid: int, msg: str) -> None:
+        self.pid = pid
+        self.msg = msg
+        super().__init__(pid, msg)
+
+    def __str__(self) -> str:
+        return f"copy-on-write profile of pid {self.pid}: {self.msg}"
+
+
+class _Because(GcforkError):
+    """Something gcfork cannot do here, and why, in one sentence a user can act on."""
+
+    what = "do this"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"gcfork cannot {self.what}: {self.reason}"
+
+
+class ImmortalizeUnsupported(_Because):
+    """This interpreter cannot make objects immortal safely; nothing was written."""
+
+    what = "make the heap immortal on this interpreter"
+
+
+class PoolStatsUnavailable(_Because):
+    """The allocator's statistics could not be read or understood."""
+
+    what = "read pymalloc's statistics"
+
+
+class ServerError(GcforkError, RuntimeError):
+    """The server did not start, or stopped answering; the message quotes its log."""
+
+
+class BenchError(GcforkError, RuntimeError):
+    """The benchmark cannot go on; the message says why and what to do."""

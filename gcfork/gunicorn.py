@@ -49,14 +49,19 @@ from collections.abc import MutableMapping
 from typing import Any, Callable
 
 from gcfork import actions, cowprof, fastexit, immortal, memory, warmup
-from gcfork.exceptions import ConfigError, StartupError
+from gcfork.exceptions import (
+    ConfigError,
+    ImmortalizeUnsupported,
+    StartupError,
+    StatsDirError,
+    WarmupError,
+)
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
 from gcfork.stats import (
     GCCollector,
     Publisher,
     StatsDir,
-    StatsDirError,
     StatsRecord,
     advertise,
     withdraw,
@@ -125,7 +130,7 @@ class _Adapter:
         started = time.perf_counter()
         try:
             results = warmup.warm_up(server.app.wsgi(), paths_or_fn, host=host)
-        except warmup.WarmupError as exc:
+        except WarmupError as exc:
             # The traceback of an app that raised is for debugging, not for
             # the one line gunicorn prints.
             server.log.debug("gcfork: warm-up failed", exc_info=exc.__cause__)
@@ -239,7 +244,7 @@ class _Adapter:
     def _immortalize(self, server: Any) -> None:
         try:
             result = immortal.immortalize_heap()
-        except immortal.ImmortalizeUnsupported as exc:
+        except ImmortalizeUnsupported as exc:
             server.log.error("gcfork: %s; workers share the frozen heap without it", exc)
             return
         server.log.info(

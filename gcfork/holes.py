@@ -49,7 +49,7 @@ import tempfile
 import time
 from typing import Callable, NamedTuple
 
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import PoolStatsUnavailable
 
 __all__ = [
     "FillResult",
@@ -64,21 +64,6 @@ __all__ = [
     "read_pool_stats",
     "release_fill",
 ]
-
-
-class PoolStatsUnavailable(GcforkError):
-    """The allocator's statistics could not be read or understood.
-
-    Args:
-        reason: why, in one sentence.
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-    def __str__(self) -> str:
-        return f"gcfork cannot read pymalloc's statistics: {self.reason}"
 
 
 class SizeClass(NamedTuple):

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from gcfork import actions
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import ImmortalizeUnsupported
 
 __all__ = [
     "ImmortalizeResult",
@@ -78,21 +78,6 @@ __all__ = [
     "is_immortal",
     "unsupported_reason",
 ]
-
-
-class ImmortalizeUnsupported(GcforkError):
-    """This interpreter cannot make objects immortal safely; nothing was written.
-
-    Args:
-        reason: why, in one sentence a user can act on.
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-    def __str__(self) -> str:
-        return f"gcfork cannot make the heap immortal on this interpreter: {self.reason}"
 
 
 class ImmortalizeResult(NamedTuple):

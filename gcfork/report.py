@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gcfork import memory
-from gcfork.discover import WORKER, DiscoveryError, classify
+from gcfork.discover import WORKER, classify
+from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
-from gcfork.stats import StatsDir, StatsDirError, StatsRecord, advertised
+from gcfork.stats import StatsDir, StatsRecord, advertised
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -47,10 +48,6 @@ REPORT_SCHEMA_VERSION = 1
 """Version of :meth:`Report.to_dict`'s object (``schema`` in it)."""
 
 _MIB = 1024 * 1024
-
-
-class MasterGone(DiscoveryError):
-    """The master exited before or while it was measured."""
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,9 @@ from types import TracebackType
 
 import psutil
 
+from gcfork.exceptions import ServerError
+
 __all__ = ["GunicornProcess", "ServerError"]
-
-
-class ServerError(RuntimeError):
-    """The server did not start, or stopped answering; the message quotes its log."""
 
 
 class GunicornProcess:

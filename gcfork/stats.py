@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import StatsDirError
 from gcfork.memory import process_start
 
 __all__ = [
@@ -71,23 +71,6 @@ PUBLISH_INTERVAL = 2.0
 """Seconds between two records of one worker."""
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
-class StatsDirError(GcforkError):
-    """A stats or runtime directory that gcfork refuses to use.
-
-    Args:
-        path: the directory.
-        reason: why it is refused, in words.
-    """
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(path, reason)
-
-    def __str__(self) -> str:
-        return f"refusing directory {self.path}: {self.reason}"
 
 
 class GenStats(NamedTuple):

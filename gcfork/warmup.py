@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Union
 
-from gcfork.exceptions import GcforkError
+from gcfork.exceptions import WarmupError
 
 __all__ = [
     "WarmupError",
@@ -40,30 +40,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 WarmupSetting = Union[Sequence[str], Callable[[WSGIApp], object]]
 """What the ``warmup`` setting holds: request paths, or a callable given the app."""
-
-
-class WarmupError(GcforkError):
-    """A warm-up request failed; the server should not start.
-
-    Args:
-        path: the request path.
-        status: the HTTP status answered, or None if the app raised.
-        reason: the status line or the exception.
-    """
-
-    def __init__(self, path: str, status: int | None, reason: str) -> None:
-        self.path = path
-        self.status = status
-        self.reason = reason
-        super().__init__(path, status, reason)
-
-    def __str__(self) -> str:
-        if self.status is None:
-            return f"warm-up request GET {self.path} raised {self.reason}"
-        return (
-            f"warm-up request GET {self.path} answered {self.reason!r}; warm-up paths must "
-            "answer 2xx or 3xx"
-        )
 
 
 class WarmupResult(NamedTuple):

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from gcfork import immortal
+from gcfork.exceptions import GcforkError
 from tests.conftest import REPO, pyenv_python, venv_with
 
 PROBE = REPO / "benchmarks" / "immortal_probe.py"
@@ -38,7 +39,7 @@ def test_refuses_before_312_with_a_clear_message() -> None:
         immortal.immortalize_heap()
     message = str(info.value)
     assert "cannot make the heap immortal" in message and "no immortal objects" in message
-    assert isinstance(info.value, immortal.GcforkError)
+    assert isinstance(info.value, GcforkError)
 
 
 def test_unverified_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
