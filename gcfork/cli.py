@@ -8,8 +8,9 @@ Subcommands:
 - ``gcfork explain``: the copy-on-write profile of one running worker
   (:func:`gcfork.cowprof.explain_main`; exit status 1 if it cannot be had).
 
-Exit status: 0 when all went well, 1 when no master was found or it vanished
-(or, for ``settings --check``, the file is stale), 2 for a usage error.
+Exit status: 0 when all went well, 1 when no master was found, the pid given
+is not a gcfork master, or the master vanished (or, for ``settings --check``,
+the file is stale), 2 for a usage error.
 
 .. versionadded:: 0.2
 """
@@ -75,19 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report", help="memory sharing and GC statistics of a running gunicorn master",
+        # argparse %-formats help strings but not descriptions: a bare % here.
         description="Measure a running gunicorn master and its workers: RSS, PSS, USS, "
-                    "shared %%, requests and GC statistics, with the memory that "
-                    "copy-on-write saves. Without --pid or --pidfile, the one gunicorn "
-                    "master of this user is reported.",
+                    "shared %, requests and GC statistics, with the memory that "
+                    "copy-on-write saves. A master is what gcfork advertises when it is "
+                    "installed in the master's config; without --pid or --pidfile, the one "
+                    "such master of this user is reported.",
     )
     which = report.add_mutually_exclusive_group()
-    which.add_argument("--pid", type=_positive_int, help="pid of the gunicorn master")
+    which.add_argument("--pid", type=_positive_int,
+                       help="pid of the gunicorn master (refused, with the pid to use, if it "
+                            "is a worker, a wrapper or a process without gcfork)")
     which.add_argument("--pidfile", metavar="PATH",
                        help="gunicorn's pidfile (its --pidfile setting)")
     report.add_argument(
         "--stats-dir", metavar="PATH",
-        help="the master's stats directory, when it cannot be found from the master's "
-             f"advertisement (the {STATS_DIR.name!r} setting, env {STATS_DIR.env})",
+        help="the master's stats directory, when the master could not advertise it (its "
+             f"log says so; the {STATS_DIR.name!r} setting, env {STATS_DIR.env})",
     )
     report.add_argument("--json", action="store_true",
                         help="print JSON (schema: gcfork/report.schema.json) instead of a table")
@@ -133,9 +138,9 @@ def _error(message: str) -> None:
 
 def _find_master(args: argparse.Namespace) -> Master:
     if args.pid is not None:
-        return master_from_pid(args.pid)
+        return master_from_pid(args.pid, args.stats_dir)
     if args.pidfile is not None:
-        return master_from_pidfile(args.pidfile)
+        return master_from_pidfile(args.pidfile, args.stats_dir)
     master = choose(find_masters())
     print(f"gcfork: reporting gunicorn master {master.pid} ({master.cmdline[:100]})",
           file=sys.stderr)

@@ -14,6 +14,7 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 import os
@@ -39,6 +40,7 @@ __all__ = [
 T = TypeVar("T")
 
 MODES: tuple[Mode, ...] = ("freeze", "disable", "off")
+MAX_SECONDS = 365 * 24 * 3600.0
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -125,7 +127,27 @@ def _threshold_tuple(value: object) -> Thresholds:
             raise TypeError(f"{item!r} is not an int")
         if item < 0:
             raise ValueError(f"{item} is negative")
-    return tuple(value)
+    thresholds = tuple(value)
+    _fits_the_interpreter(thresholds)
+    return thresholds
+
+
+def _fits_the_interpreter(thresholds: Thresholds) -> None:
+    """Refuse what ``gc.set_threshold`` would refuse in a worker.
+
+    Its limits are the C ``int`` of the build (2**31 - 1 here), not Python's,
+    so the only faithful check is the call itself. It runs in the process that
+    validates (the master, at start-up) and puts the old thresholds back at
+    once; the master's collector is off or about to be, so the moment between
+    changes nothing.
+    """
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*thresholds)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"gc.set_threshold refuses it: {exc}") from None
+    finally:
+        gc.set_threshold(*saved)
 
 
 def _positional_arity(fn: Callable[..., object]) -> int | None:
@@ -190,9 +212,16 @@ def _env_thresholds(text: str) -> object:
 def _seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{value} is not a finite number >= 0")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: 10**400
+        raise ValueError("too large") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("not a finite number >= 0")
+    if seconds > MAX_SECONDS:
+        # threading.Event.wait() overflows past about 2**63 ns; a year is plenty.
+        raise ValueError(f"over {MAX_SECONDS:g} s (one year)")
+    return seconds
 
 
 def _env_float(text: str) -> object:
@@ -207,6 +236,8 @@ def _optional_dir(value: object) -> str | None:
     path = os.fspath(value)
     if not isinstance(path, str) or not path:
         raise ValueError("empty path")
+    if "\0" in path:
+        raise ValueError("the path holds a NUL byte")
     if not os.path.isabs(path):
         raise ValueError("the path must be absolute: workers may change directory")
     return path
@@ -258,15 +289,20 @@ def _host(value: object) -> str:
     return value
 
 
-def _immortalize(value: object) -> bool:
-    wanted = _bool(value)
-    if wanted:
-        # Refused at load time, so that gunicorn exits before any fork rather
-        # than a worker discovering it later.
-        reason = immortal.unsupported_reason()
-        if reason is not None:
-            raise ValueError(reason)
-    return wanted
+def _check_immortalize(resolved: Mapping[str, Resolved]) -> None:
+    """Refuse ``immortalize`` where it cannot run, unless mode ``off`` ignores it.
+
+    Checked at load time, so that gunicorn exits before any fork rather than a
+    worker discovering it later; after every setting is resolved, since the
+    answer depends on ``mode``.
+    """
+    wanted = resolved[IMMORTALIZE.name]
+    if not wanted.value or resolved[MODE.name].value == "off":
+        return
+    reason = immortal.unsupported_reason()
+    if reason is not None:
+        raise ConfigError(IMMORTALIZE.name, wanted.value, IMMORTALIZE.allowed, wanted.source,
+                          reason)
 
 
 # -- the declarations -----------------------------------------------------------
@@ -422,7 +458,7 @@ IMMORTALIZE: Setting[bool] = Setting(
     name="immortalize",
     section="Beyond freeze",
     default=False,
-    validator=_immortalize,
+    validator=_bool,
     from_env=_env_bool,
     allowed="True (CPython 3.12 or 3.13, 64-bit release build with the GIL) or False",
     env_syntax="1/0, true/false, yes/no or on/off",
@@ -512,10 +548,7 @@ def resolve(
     if unknown:
         raise ConfigError(unknown[0], given[unknown[0]], ", ".join(SETTINGS), "install()",
                           "no such setting")
-    stray = sorted(k for k in env if k.startswith("GCFORK_") and k[7:].lower() not in SETTINGS)
-    if stray:
-        raise ConfigError(stray[0], env[stray[0]], ", ".join(s.env for s in SETTINGS.values()),
-                          "the environment", "no such setting")
+    _refuse_stray_env(env)
     out: dict[str, Resolved] = {}
     for name, setting in SETTINGS.items():
         if setting.env in env:
@@ -524,7 +557,21 @@ def resolve(
             out[name] = Resolved(setting.validate(given[name], "install()"), "install()")
         else:
             out[name] = Resolved(setting.default, "default")
+    _check_immortalize(out)
     return out
+
+
+def _refuse_stray_env(env: Mapping[str, str]) -> None:
+    """Refuse a variable that looks like one of gcfork's but is not: a typo or
+    the wrong case (``GCFORK_Mode``) would otherwise be silently ignored."""
+    ours = {s.env for s in SETTINGS.values()}
+    for key in sorted(env):
+        if not key.upper().startswith("GCFORK_") or key in ours:
+            continue
+        near = key.upper()
+        reason = (f"no such variable; names are case-sensitive: did you mean {near}?"
+                  if near in ours else "no such variable")
+        raise ConfigError(key, env[key], ", ".join(sorted(ours)), "the environment", reason)
 
 
 def settings_markdown() -> str:

@@ -55,22 +55,25 @@ origin (inherited or worker-made) of the object it was reached from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from gcfork.exceptions import CowProfileError
+from gcfork import files
+from gcfork.exceptions import CowProfileError, StatsDirError
 from gcfork.memory import process_start
-from gcfork.stats import advertised
+from gcfork.stats import TRIGGER_NAME, StatsDir, advertised
 
 __all__ = [
     "CowProfile",
@@ -555,31 +558,54 @@ def _parent_of(pid: int) -> int:
 
 # -- files and trigger ----------------------------------------------------------------
 
+# A profile is a few hundred kilobytes; anything much larger is not one.
+_MAX_PROFILE_BYTES = 64 << 20
 
-def write_profile(profile: CowProfile, path: str) -> None:
-    """Write ``profile`` as JSON to ``path``, mode ``0600``, atomically."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+def write_profile(profile: CowProfile, path: str, *, dir_fd: int | None = None) -> None:
+    """Write ``profile`` as JSON to ``path``, mode ``0600``, atomically.
+
+    Args:
+        dir_fd: an open directory; ``path`` is then a name in it.
+
+    .. versionchanged:: 0.3
+       Written to a random temporary name (``O_EXCL``), then renamed; ``dir_fd``.
+    """
+    _write(path, json.dumps(profile.to_json(), allow_nan=False).encode(), dir_fd)
+
+
+def _write(path: str, data: bytes, dir_fd: int | None) -> None:
+    if dir_fd is not None:
+        files.write_private(dir_fd, path, data)
+        return
+    parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(profile.to_json(), f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        files.write_private(parent, os.path.basename(path), data)
+    finally:
+        os.close(parent)
 
 
-def read_profile(path: str) -> CowProfile:
-    """Read a profile written by :func:`write_profile`.
+def _read_json(path: str, dir_fd: int | None, owners: Collection[int] | None) -> dict[str, Any]:
+    """Raises FileNotFoundError, or ValueError saying why, in words."""
+    data = files.loads_strict(files.read_private(dir_fd, path, _MAX_PROFILE_BYTES, owners))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def read_profile(path: str, *, dir_fd: int | None = None,
+                 owners: Collection[int] | None = None) -> CowProfile:
+    """Read a profile written by :func:`write_profile` (a symlink is refused).
+
+    Args:
+        dir_fd: an open directory; ``path`` is then a name in it.
+        owners: the uids the file may belong to; None for any.
 
     Raises:
         CowProfileError: unreadable, not JSON, or another schema.
     """
     try:
-        with open(path) as f:
-            data = json.load(f)
-        return CowProfile.from_json(data)
+        return CowProfile.from_json(_read_json(path, dir_fd, owners))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CowProfileError(0, f"cannot read {path}: {exc}") from exc
 
@@ -587,10 +613,11 @@ def read_profile(path: str) -> CowProfile:
 def trigger_dir(stats_dir: str) -> str:
     """The trigger directory of a server whose stats directory is ``stats_dir``.
 
-    A hidden entry, so the stats readers skip it; removed with the stats
-    directory when the master exits.
+    A hidden entry, so the stats readers skip it; made by the master for the
+    workers' user and removed with the stats directory (see
+    :meth:`gcfork.stats.StatsDir.create`).
     """
-    return os.path.join(stats_dir, ".explain")
+    return os.path.join(stats_dir, TRIGGER_NAME)
 
 
 def trigger_dir_of(pid: int) -> str:
@@ -613,82 +640,103 @@ def trigger_dir_of(pid: int) -> str:
     return trigger_dir(stats_dir)
 
 
-def _private_dir(path: str) -> str:
-    """Create ``path`` 0700, or check that the existing one is ours and private."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    info = os.lstat(path)
-    import stat
+def _private_dir(directory: str | StatsDir) -> int:
+    """Open the trigger directory, made 0700 if missing; refused, naming it,
+    unless it is a private directory of ours (or of its parent's owner, who
+    controls the path anyway: a root master's workers run as another user).
+    Worker, in ``post_fork``."""
+    if isinstance(directory, StatsDir):
+        try:
+            return directory.subdir(TRIGGER_NAME)
+        except StatsDirError as exc:
+            raise CowProfileError(os.getpid(), str(exc)) from None
+    path = os.path.normpath(directory)
+    try:
+        # Not followed either: the parent is normally the stats directory.
+        parent = files.open_dir(os.path.dirname(path) or ".")
+        try:
+            owners = {os.geteuid(), os.fstat(parent).st_uid}
+            with contextlib.suppress(FileExistsError):
+                os.close(files.make_dir(parent, os.path.basename(path)))
+            fd = files.open_dir(os.path.basename(path), parent)
+        finally:
+            os.close(parent)
+    except OSError as exc:
+        raise CowProfileError(os.getpid(), f"refusing directory {path}: "
+                              f"{'it is a symlink' if exc.errno == errno.ELOOP else exc}") from None
+    info = os.fstat(fd)
+    if info.st_uid not in owners or stat.S_IMODE(info.st_mode) & 0o077:
+        os.close(fd)
+        raise CowProfileError(os.getpid(), f"refusing directory {path}: it must be owned by uid "
+                              f"{' or '.join(map(str, sorted(owners)))}, mode 0700 (it is uid "
+                              f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})")
+    return fd
 
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise CowProfileError(
-            os.getpid(), f"{path} must be a directory owned by uid {os.getuid()}, mode 0700"
-        )
-    return path
 
-
-def _paths(directory: str, pid: int) -> tuple[str, str]:
-    base = os.path.join(directory, f"explain-{pid}")
+def _paths(pid: int) -> tuple[str, str]:
+    base = f"explain-{pid}"
     return base + ".request", base + ".json"
 
 
-def start_trigger(directory: str, interval: float = 1.0) -> threading.Thread:
+def start_trigger(directory: str | StatsDir, interval: float = 1.0) -> threading.Thread:
     """Worker, in ``post_fork``: start the daemon thread that profiles this
     worker when ``gcfork explain --pid PID`` asks.
 
-    The thread checks for ``<directory>/explain-<pid>.request`` every
-    ``interval`` seconds. A request file owned by another user is ignored.
+    The thread checks for ``explain-<pid>.request`` in the trigger directory
+    every ``interval`` seconds, through a descriptor opened here. A request
+    file owned by another user than the worker's, the directory's or root is
+    ignored.
 
     Args:
-        directory: where requests and profiles go (:func:`trigger_dir`);
-            created ``0700`` if missing, refused if it exists with other
-            owner or mode.
+        directory: the server's stats directory (its ``.explain``
+            subdirectory is used), or the trigger directory's path
+            (:func:`trigger_dir`), made ``0700`` if missing.
         interval: seconds between two checks.
 
     Returns:
         The started thread.
 
+    Raises:
+        CowProfileError: the directory is not a private one of ours; naming it.
+
     .. versionadded:: 0.2
+    .. versionchanged:: 0.3
+       Accepts a :class:`~gcfork.stats.StatsDir`; works through a descriptor.
     """
-    where = _private_dir(directory)
+    fd = _private_dir(directory)
     thread = threading.Thread(
-        target=_serve, args=(where, interval), name="gcfork-explain", daemon=True
+        target=_serve, args=(fd, interval), name="gcfork-explain", daemon=True
     )
     thread.start()
     return thread
 
 
-def _serve(directory: str, interval: float) -> None:
+def _serve(dir_fd: int, interval: float) -> None:
+    # A daemon thread of the worker; under gunicorn's ``user`` it runs as that
+    # user from the setuid on (glibc applies it to every thread).
     pid = os.getpid()
-    request, result = _paths(directory, pid)
+    request, result = _paths(pid)
     while True:
         time.sleep(interval)
         if os.getpid() != pid:  # a fork of the worker inherited no thread, but be sure
             return
         try:
-            info = os.lstat(request)
+            info = os.stat(request, dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(request, dir_fd=dir_fd)
+            # Root may ask too: `gcfork explain` run by root for a dropped worker.
+            if info.st_uid not in (os.getuid(), os.fstat(dir_fd).st_uid, 0):
+                continue
         except OSError:
             continue
         try:
-            os.unlink(request)
-        except OSError:
-            continue
-        if info.st_uid != os.getuid():
-            continue
-        try:
-            write_profile(profile_self(), result)
+            write_profile(profile_self(), result, dir_fd=dir_fd)
         except Exception as exc:
-            _write_error(result, pid, exc)
+            _write_error(dir_fd, result, pid, exc)
 
 
-def _write_error(path: str, pid: int, exc: BaseException) -> None:
-    try:
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"error": str(exc), "pid": pid}, f)
-        os.replace(path + ".tmp", path)
-    except OSError:
-        pass
+def _write_error(dir_fd: int, name: str, pid: int, exc: BaseException) -> None:
+    with contextlib.suppress(OSError):
+        files.write_private(dir_fd, name, json.dumps({"error": str(exc), "pid": pid}).encode())
 
 
 def request_profile(pid: int, directory: str | None = None, timeout: float = 60.0) -> CowProfile:
@@ -708,25 +756,52 @@ def request_profile(pid: int, directory: str | None = None, timeout: float = 60.
         raise CowProfileError(pid, "no such process") from None
     except PermissionError:
         pass
-    where = directory or trigger_dir_of(pid)
-    request, result = _paths(where, pid)
-    if not os.path.isdir(where):
+    where = os.path.normpath(directory or trigger_dir_of(pid))
+    try:
+        # Neither the stats directory nor the trigger directory is followed.
+        parent = files.open_dir(os.path.dirname(where) or ".")
+        try:
+            fd = files.open_dir(os.path.basename(where), parent)
+        finally:
+            os.close(parent)
+    except FileNotFoundError:
         raise CowProfileError(
             pid, f"{where} does not exist: no worker started the explain trigger with it"
-        )
+        ) from None
+    except OSError as exc:
+        why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise CowProfileError(pid, f"refusing directory {where}: {why}") from None
+    try:
+        return _ask(pid, where, fd, timeout)
+    finally:
+        os.close(fd)
+
+
+def _ask(pid: int, where: str, dir_fd: int, timeout: float) -> CowProfile:
+    info = os.fstat(dir_fd)
+    if (info.st_uid != os.geteuid() and os.geteuid() != 0) or info.st_mode & 0o022:
+        raise CowProfileError(pid, f"refusing directory {where}: uid {info.st_uid}, mode "
+                              f"{stat.S_IMODE(info.st_mode):04o}; others could plant answers")
+    owners = {os.geteuid(), info.st_uid}
+    request, result = _paths(pid)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(result)
-    fd = os.open(request, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
+        os.unlink(result, dir_fd=dir_fd)
+    files.write_private(dir_fd, request, b"")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.exists(result):
-            with open(result) as f:
-                data = json.load(f)
-            if "error" in data:
-                raise CowProfileError(pid, f"the worker reported: {data['error']}")
+        try:
+            data = _read_json(result, dir_fd, owners)
+        except FileNotFoundError:
+            time.sleep(0.2)
+            continue
+        except ValueError as exc:
+            raise CowProfileError(pid, f"cannot read {where}/{result}: {exc}") from None
+        if "error" in data:
+            raise CowProfileError(pid, f"the worker reported: {str(data['error'])[:500]}")
+        try:
             return CowProfile.from_json(data)
-        time.sleep(0.2)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CowProfileError(pid, f"cannot read {where}/{result}: {exc!r}") from None
     raise CowProfileError(
         pid,
         f"no profile in {where} after {timeout:.0f}s: is it a gcfork worker started with the "

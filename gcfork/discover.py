@@ -1,17 +1,23 @@
-"""Find the gunicorn masters of this user, and tell the roles in a master's tree.
+"""Find the gcfork masters of this user, and tell the roles in a master's tree.
 
-A gunicorn process is one whose command line runs gunicorn (``gunicorn ...``,
-``python -m gunicorn ...``) or whose title ``setproctitle`` set to
-``gunicorn: ...``. A master is a gunicorn process whose parent is not one, or
-whose title says ``master``.
+A master is what gcfork itself advertises, never a guess from a command line:
+at start, a master with gcfork installed writes ``PID-START.json`` into a
+runtime directory of its user (:func:`gcfork.stats.advertise`). A file counts
+only if :func:`gcfork.stats.advertised` trusts it and its pid still runs with
+that start time, so a wrapper (``timeout``, ``tini``, ``dumb-init``, ``uv
+run``) whose command line says ``gunicorn`` is never taken for the master, and
+a reused pid never finds an old master's file.
 
-In a master's tree, a direct child is a worker unless it is gunicorn's dirty
-arbiter (named by the master's stats record, its title, or, when neither says,
-because it has children and published no worker record); the dirty arbiter's
-children are dirty workers; anything else is a ``child`` (e.g. a process a
-request forked).
+In a master's tree, a direct child that published a worker record is a worker;
+the dirty arbiter is only the process the master's record names
+(``dirty_arbiter_pid``), and its children are dirty workers; a direct child
+without a record yet is a worker; anything deeper is a ``child`` (e.g. a
+process a request forked).
 
 .. versionadded:: 0.2
+.. versionchanged:: 0.3
+   Masters are found by their advertisement, not by command line; a pid that
+   is not a master is refused with what it is.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from typing import NamedTuple
 
 import psutil
 
-from gcfork.exceptions import DiscoveryError
+from gcfork.exceptions import DiscoveryError, StatsDirError
 from gcfork.memory import process_start
-from gcfork.stats import advertised
+from gcfork.stats import StatsDir, StatsRecord, advertised, runtime_dirs
 
 __all__ = [
     "DIRTY_ARBITER",
@@ -50,12 +56,12 @@ OTHER_CHILD = "child"
 
 
 class Master(NamedTuple):
-    """A running gunicorn master (returned by :func:`find_masters`)."""
+    """A running gcfork master (returned by :func:`find_masters`)."""
 
     pid: int
     start: int  # memory.process_start(pid)
     cmdline: str
-    stats_dir: str | None  # what the master advertised, if it runs gcfork
+    stats_dir: str | None  # what the master advertised (or --stats-dir)
 
 
 class Member(NamedTuple):
@@ -65,15 +71,28 @@ class Member(NamedTuple):
     role: str
 
 
-def _title(cmdline: Sequence[str]) -> str:
-    return " ".join(cmdline)
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "?"
 
 
 def is_gunicorn(cmdline: Sequence[str]) -> bool:
-    """Whether a command line (as psutil gives it) runs gunicorn."""
-    if _title(cmdline).startswith("gunicorn:"):
+    """Whether a command line (as psutil gives it) runs gunicorn.
+
+    Only used to word a refusal: a wrapper's command line also says gunicorn.
+    """
+    if " ".join(cmdline).startswith("gunicorn:"):
         return True
-    for i, arg in enumerate(cmdline[:4]):
+    for i, arg in enumerate(cmdline):
         if os.path.basename(arg) == "gunicorn":
             return True
         if arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] == "gunicorn":
@@ -81,55 +100,144 @@ def is_gunicorn(cmdline: Sequence[str]) -> bool:
     return False
 
 
+def _parse_name(name: str) -> tuple[int, int] | None:
+    """``(pid, start)`` from an advertisement's file name ``PID-START.json``."""
+    stem, dot, ext = name.partition(".")
+    pid, dash, start = stem.partition("-")
+    if not (dot and ext == "json" and dash and pid.isdigit() and start.isdigit()):
+        return None
+    if len(pid) > 10 or len(start) > 20:  # not a pid or a tick count: skip, never crash
+        return None
+    return int(pid), int(start)
+
+
 def find_masters() -> list[Master]:
-    """Every gunicorn master whose real uid is this process's, oldest first."""
-    uid = os.getuid()
-    gunicorns: dict[int, tuple[int, list[str]]] = {}
-    for proc in psutil.process_iter(["ppid", "uids", "cmdline"]):
-        info = proc.info
-        cmdline = info.get("cmdline") or []
-        uids = info.get("uids")
-        if uids is not None and uids.real == uid and is_gunicorn(cmdline):
-            gunicorns[proc.pid] = (info.get("ppid") or 0, cmdline)
+    """Every running master that advertised itself to this user, oldest first.
+
+    A stale file (its master exited without removing it) or one that
+    :func:`~gcfork.stats.advertised` does not trust is skipped.
+    """
+    keys: set[tuple[int, int]] = set()
+    for directory in runtime_dirs():
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            key = _parse_name(name)
+            if key is not None:
+                keys.add(key)
     masters = []
-    for pid, (ppid, cmdline) in gunicorns.items():
-        title = _title(cmdline)
-        if title.startswith("gunicorn:") and not title.startswith("gunicorn: master"):
+    for pid, start in keys:
+        if process_start(pid) != start:
             continue
-        if ppid in gunicorns and not title.startswith("gunicorn: master"):
-            continue
-        start = process_start(pid)
-        if start is not None:
-            masters.append(Master(pid, start, title, advertised(pid, start)))
-    return sorted(masters, key=lambda m: m.start)
+        stats_dir = advertised(pid, start)
+        if stats_dir is not None:
+            masters.append(Master(pid, start, _cmdline(pid), stats_dir))
+    return sorted(masters, key=lambda m: (m.start, m.pid))
 
 
-def master_from_pid(pid: int) -> Master:
-    """The master ``pid``, checked.
+def _master_record(master: Master) -> StatsRecord | None:
+    if master.stats_dir is None:
+        return None
+    try:
+        return StatsDir.open(master.stats_dir).read_one(master.pid, master.start)
+    except StatsDirError:
+        return None
+
+
+def _ancestors(pid: int) -> list[int]:
+    """``pid``'s parent, grandparent, ... up to pid 1, nearest first."""
+    chain: list[int] = []
+    try:
+        proc = psutil.Process(pid)
+        for parent in proc.parents():
+            chain.append(parent.pid)
+    except psutil.Error:
+        pass
+    return chain
+
+
+def _what_it_is(pid: int, masters: Sequence[Master]) -> str:
+    """Why ``pid`` (a live process that advertised nothing) is not a master,
+    and which master to report instead when there is one."""
+    label = f"pid {pid} ({_name(pid)})"
+    by_pid = {m.pid: m for m in masters}
+    chain = _ancestors(pid)
+    for depth, ancestor in enumerate(chain):
+        master = by_pid.get(ancestor)
+        if master is None:
+            continue
+        how = f"run gcfork report --pid {master.pid}"
+        record = _master_record(master)
+        dirty = None if record is None else record.dirty_arbiter_pid
+        if depth == 0:
+            what = "the dirty arbiter" if dirty and dirty == pid else "a worker"
+            return f"pid {pid} is {what} of gcfork master {master.pid}: {how}"
+        if depth == 1 and dirty and chain[0] == dirty:
+            return f"pid {pid} is a dirty worker of gcfork master {master.pid}: {how}"
+        return (f"pid {pid} is a process in the tree of gcfork master {master.pid} "
+                f"(its parent is {chain[0]}): {how}")
+    children = [m for m in masters if pid in _ancestors(m.pid)[:1]]
+    if children:
+        return (f"{label} is not a gcfork master; it started gcfork master "
+                f"{children[0].pid} (a wrapper?): run gcfork report --pid {children[0].pid}")
+    try:
+        proc = psutil.Process(pid)
+        uid = proc.uids().real
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        uid, cmdline = os.geteuid(), []
+    gunicorn = is_gunicorn(cmdline)
+    if gunicorn and uid != os.geteuid():
+        return (f"{label} runs gunicorn as uid {uid}: a master advertises its statistics "
+                "to its own user only; run gcfork report as that user, or pass --stats-dir")
+    if gunicorn:
+        return (f"pid {pid} runs gunicorn but advertises no gcfork stats (gcfork not installed "
+                "in its config?); if its log says it could not advertise, pass the "
+                "--stats-dir it names")
+    return f"{label} is not a gcfork master; run gcfork report without --pid to list them"
+
+
+def master_from_pid(pid: int, stats_dir: str | None = None) -> Master:
+    """The master ``pid``, checked: it must have advertised itself, or have a
+    master record in ``stats_dir`` when one is given.
+
+    Args:
+        pid: the process.
+        stats_dir: the master's stats directory, for a master that could not
+            advertise (its log names it).
 
     Raises:
-        DiscoveryError: there is no such process.
+        DiscoveryError: there is no such process, or it is not a gcfork master
+            (the message says what it is and which pid to report instead).
     """
     start = process_start(pid)
-    try:
-        cmdline = psutil.Process(pid).cmdline()
-    except psutil.NoSuchProcess:
-        start = None
-    except psutil.AccessDenied:
-        cmdline = []
     if start is None:
         raise DiscoveryError(
             f"no process {pid} is running; run `gcfork report` without --pid to look for "
-            "gunicorn masters"
+            "gcfork masters"
         )
-    return Master(pid, start, _title(cmdline), advertised(pid, start))
+    found = advertised(pid, start)
+    if found is None and stats_dir is not None:
+        try:
+            record = StatsDir.open(stats_dir).read_one(pid, start)
+        except StatsDirError as exc:
+            raise DiscoveryError(f"pid {pid} advertises no gcfork stats, and {exc}") from None
+        if record is not None and record.role == MASTER:
+            found = stats_dir
+    if found is None:
+        raise DiscoveryError(_what_it_is(pid, find_masters()))
+    return Master(pid, start, _cmdline(pid), found)
 
 
-def master_from_pidfile(path: str) -> Master:
-    """The master whose pid is in gunicorn's ``pidfile``.
+def master_from_pidfile(path: str, stats_dir: str | None = None) -> Master:
+    """The master whose pid is in gunicorn's ``pidfile``, checked as by
+    :func:`master_from_pid`.
 
     Raises:
-        DiscoveryError: the file is missing, holds no pid, or its process is gone.
+        DiscoveryError: the file is missing, holds no pid, or its process is
+            gone or is not a gcfork master.
     """
     try:
         with open(path, "rb") as f:
@@ -139,26 +247,30 @@ def master_from_pidfile(path: str) -> Master:
             f"cannot read pidfile {path}: {exc.strerror}; is gunicorn running with "
             f"--pidfile {path}?"
         ) from None
-    if not text.isdigit():
+    if not text.isdigit() or len(text) > 10 or int(text) == 0:
         raise DiscoveryError(f"pidfile {path} holds {text!r}, not a pid")
-    return master_from_pid(int(text))
+    return master_from_pid(int(text), stats_dir)
 
 
 def choose(candidates: Sequence[Master]) -> Master:
     """The one master among ``candidates``.
 
     Raises:
-        DiscoveryError: there are none, or several (listed, with how to pick one).
+        DiscoveryError: there are none (with how to proceed), or several
+            (listed, with how to pick one).
     """
     if not candidates:
         raise DiscoveryError(
-            "no gunicorn master of this user is running; start one, or pass --pid PID or "
-            "--pidfile PATH (a master of another user needs to be reported as that user)"
+            "no gcfork master of this user is running (a gunicorn master with "
+            "gcfork.install(globals()) in its config advertises itself in "
+            f"{' or '.join(runtime_dirs())}); check that its config installs gcfork, "
+            "or pass --pid PID --stats-dir PATH for a master whose log says it could not "
+            "advertise; a master of another user is reported by running gcfork as that user"
         )
     if len(candidates) > 1:
         lines = [f"  --pid {m.pid}  {m.cmdline[:100]}" for m in candidates]
         raise DiscoveryError(
-            f"{len(candidates)} gunicorn masters are running; choose one with --pid:\n"
+            f"{len(candidates)} gcfork masters are running; choose one with --pid:\n"
             + "\n".join(lines)
         )
     return candidates[0]
@@ -171,8 +283,8 @@ def classify(
 
     Args:
         master_pid: the master.
-        dirty_arbiter_pid: gunicorn's dirty arbiter as the master said it
-            (0: it has none); None when the master did not say.
+        dirty_arbiter_pid: gunicorn's dirty arbiter as the master's record
+            says it (0: it has none); None when the master said nothing.
         workers: pids known to be workers (they published a worker record).
 
     Returns:
@@ -188,11 +300,19 @@ def classify(
             parent_of[proc.pid] = proc.ppid()
         except psutil.NoSuchProcess:
             continue
-    has_children = set(parent_of.values())
     roles: dict[int, str] = {}
     for pid, ppid in parent_of.items():
-        if ppid == master_pid:
-            roles[pid] = _child_role(pid, dirty_arbiter_pid, workers, pid in has_children)
+        if ppid != master_pid:
+            continue
+        if pid in workers:
+            roles[pid] = WORKER
+        elif dirty_arbiter_pid and pid == dirty_arbiter_pid:
+            roles[pid] = DIRTY_ARBITER
+        else:
+            # No record yet (a worker publishes within its first seconds): a
+            # gunicorn master's direct children are its workers, but for the
+            # dirty arbiter, which only the master's record may name.
+            roles[pid] = WORKER
     for pid, ppid in parent_of.items():
         if pid not in roles:
             roles[pid] = DIRTY_WORKER if roles.get(ppid) == DIRTY_ARBITER else OTHER_CHILD
@@ -200,19 +320,3 @@ def classify(
     members = sorted((Member(pid, role) for pid, role in roles.items()),
                      key=lambda m: (order[m.role], m.pid))
     return [Member(master_pid, MASTER), *members]
-
-
-def _child_role(
-    pid: int, dirty_arbiter_pid: int | None, workers: Collection[int], has_children: bool
-) -> str:
-    if pid in workers:
-        return WORKER
-    if dirty_arbiter_pid is not None:
-        return DIRTY_ARBITER if pid == dirty_arbiter_pid else WORKER
-    try:
-        title = _title(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        title = ""
-    if "dirty-arbiter" in title or has_children:
-        return DIRTY_ARBITER
-    return WORKER

@@ -18,6 +18,7 @@ __all__ = [
     "ServerError",
     "StartupError",
     "StatsDirError",
+    "ThresholdsRefused",
     "WarmupError",
 ]
 
@@ -50,11 +51,29 @@ class ConfigError(GcforkError, ValueError):
         super().__init__(setting, value, allowed, source, reason)
 
     def __str__(self) -> str:
-        because = f" ({self.reason})" if self.reason else ""
+        because = f" ({_one_line(self.reason)})" if self.reason else ""
         return (
             f"invalid value for setting {self.setting!r} from {self.source}: "
-            f"{self.value!r}{because}; allowed: {self.allowed}"
+            f"{short_repr(self.value)}{because}; allowed: {self.allowed}"
         )
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` on one line and at most ``limit`` characters, whatever
+    the value: an int of 5,000 digits has no repr on 3.11+ (the int/str
+    conversion limit), and an error message must not fail in turn."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # any repr may raise: say so instead
+        if isinstance(value, int):
+            return f"<int of about {int(value.bit_length() * 0.30103) + 1} digits>"
+        return f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
+    text = _one_line(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
 class StartupError(GcforkError, RuntimeError):
@@ -78,6 +97,28 @@ class StartupError(GcforkError, RuntimeError):
 
     def __str__(self) -> str:
         return self.msg
+
+
+class ThresholdsRefused(GcforkError):
+    """A worker could not set its thresholds; its collector is on regardless.
+
+    Raised in a worker, right after the fork, by
+    :func:`gcfork.actions.enable_in_worker`.
+
+    Args:
+        thresholds: what the policy asked for.
+        state: the collector's state read back afterwards (a ``GCState``).
+        error: what ``gc.set_threshold`` raised.
+    """
+
+    def __init__(self, thresholds: object, state: object, error: BaseException) -> None:
+        self.thresholds = thresholds
+        self.state = state
+        self.error = error
+        super().__init__(thresholds, state, error)
+
+    def __str__(self) -> str:
+        return f"gc.set_threshold{short_repr(self.thresholds)} raised {self.error!r}"
 
 
 class DiscoveryError(GcforkError):

@@ -6,9 +6,11 @@ process (see gunicorn's settings reference):
 =================  =======  ==================================================
 hook               process  what gcfork does there
 =================  =======  ==================================================
-on_starting        master   log the policy; warn about missing preload;
+on_starting        master   settle and log the policy; warn about missing preload;
                             warm the app up (``warmup``); make the stats
                             directory and advertise it
+on_reload          master   after a HUP re-read the config: the new settings
+                            (or, if refused, an error and the previous ones)
 when_ready         master   start the sampling thread (report line)
 pre_fork           master   give the worker a slot and thresholds; freeze;
                             at the first fork, make the heap immortal
@@ -54,6 +56,7 @@ from gcfork.exceptions import (
     ImmortalizeUnsupported,
     StartupError,
     StatsDirError,
+    ThresholdsRefused,
     WarmupError,
 )
 from gcfork.policy import Policy
@@ -78,6 +81,13 @@ class _Adapter:
 
     def __init__(self) -> None:
         self.policy = Policy()
+        # The settings the config file gave install(), resolved again in
+        # on_starting and on_reload: only then has gunicorn put its ``raw_env``
+        # (``-e GCFORK_MODE=...``) into the environment.
+        self.given: dict[str, Any] = {}
+        # A config that failed validation on a HUP: told through gunicorn's
+        # logger in on_reload, since install() runs before the logger is at hand.
+        self.refused: str | None = None
         self.installed = False
         self.started = False
         self._frozen_once = False
@@ -98,6 +108,9 @@ class _Adapter:
 
     def on_starting(self, server: Any) -> None:
         self.started = True
+        # Raised, not logged: a bad GCFORK_* in gunicorn's raw_env stops the
+        # server before any fork, as a bad setting in the file does.
+        self._settle(server, StartupError)
         preload = bool(server.cfg.preload_app)
         server.log.info(self.policy.describe(preload=preload))
         if self.policy.mode == "disable":
@@ -121,6 +134,41 @@ class _Adapter:
                 server.log.warning("gcfork: warm-up skipped: it needs preload_app = True, "
                                    "since the master does not import the app without it")
         self._open_stats(server)
+
+    def on_reload(self, server: Any) -> None:
+        """Master, after a HUP re-read the config and before the new workers
+        are forked: settle the policy the new workers get."""
+        if self.refused is not None:
+            server.log.error("%s", self.refused)
+            self.refused = None
+            return
+        self._settle(server, None)
+        server.log.info(self.policy.describe(preload=bool(server.cfg.preload_app)))
+
+    def _settle(self, server: Any, fatal: type[StartupError] | None) -> None:
+        """Resolve the settings again now that gunicorn's environment is final.
+
+        Args:
+            fatal: raise this with the one-line message if the settings are
+                refused (at start); None logs the error and keeps the policy
+                in force (on a reload, where workers must keep being forked).
+        """
+        try:
+            policy = Policy.from_settings(self.given)
+        except ConfigError as exc:
+            if fatal is not None:
+                raise fatal(f"gcfork: error: {exc}") from None
+            server.log.error("gcfork: error: %s; workers keep the previous settings", exc)
+            return
+        if policy.changes_gc and not self.policy.changes_gc:
+            actions.disable_in_master()
+            server.log.warning(
+                "gcfork: the GC was on while gunicorn imported the app, since mode=%s came "
+                "from gunicorn's raw_env (-e); set it in the process environment or in "
+                "install() to have the GC off from the start", policy.mode)
+        elif not policy.changes_gc and self.policy.changes_gc:
+            actions.enable_in_master()
+        self.policy = policy
 
     def _warm_up(self, server: Any) -> None:
         """Raises StartupError: before any fork, a warm-up path failed."""
@@ -154,11 +202,19 @@ class _Adapter:
     def _open_stats(self, server: Any) -> None:
         if self.stats is not None:
             return
+        # Owned by the workers' user (gunicorn's user/group; the master's own
+        # when unset): workers publish after dropping privileges.
+        owner = (int(getattr(server.cfg, "uid", os.geteuid())),
+                 int(getattr(server.cfg, "gid", os.getegid())))
         try:
-            self.stats = StatsDir.create(self.policy.stats_dir)
+            self.stats = StatsDir.create(self.policy.stats_dir, owner=owner)
         except (OSError, StatsDirError) as exc:
             server.log.error("gcfork: %s; the server runs without GC statistics", exc)
             return
+        if self.policy.stats_dir is not None and self.stats.owned:
+            server.log.info("gcfork: stats_dir %s is shared or not private to uid %d: using a "
+                            "private subdirectory, removed at exit", self.policy.stats_dir,
+                            owner[0])
         self.collector.install()
         pid = os.getpid()
         try:
@@ -183,6 +239,24 @@ class _Adapter:
                                self.policy.report_interval)
         self.stats.publish(master_record())
         self.sampler.start()
+        self._measure_when_stopping(server, self.sampler)
+
+    def _measure_when_stopping(self, server: Any, sampler: Sampler) -> None:
+        """Master: take the shutdown report as shutdown begins, while the
+        workers still run; by ``on_exit`` they are gone, and the sampler's
+        last report can be 30 s old. gunicorn has no hook for that moment, so
+        this wraps the arbiter's ``stop`` (TERM, INT, QUIT), on this instance only."""
+        stop = server.stop
+
+        def measure_then_stop(*args: Any, **kwargs: Any) -> Any:
+            try:
+                sampler.stop()
+                sampler.sample_now()
+            except Exception as exc:  # the server must stop whatever happens here
+                server.log.warning("gcfork: cannot measure at shutdown: %r", exc)
+            return stop(*args, **kwargs)
+
+        server.stop = measure_then_stop
 
     def child_exit(self, server: Any, worker: Any) -> None:
         if self.stats is None:
@@ -213,9 +287,16 @@ class _Adapter:
             server.log.info("gcfork: report at shutdown (sampled %.0fs before):\n%s",
                             time.time() - report.taken, TableRenderer()(report))
         finally:
-            self.stats.remove(pid, memory.process_start(pid) or 0)
-            withdraw(pid, memory.process_start(pid) or 0)
-            self.stats.destroy()
+            start = memory.process_start(pid) or 0
+            self.stats.remove(pid, start)
+            withdraw(pid, start)
+            # Only once the sampler is done with the descriptor: a closed
+            # number can be reused by another open.
+            if self.sampler is None or self.sampler.stop():
+                self.stats.destroy()
+            else:
+                server.log.warning("gcfork: the sampler did not stop; leaving %s",
+                                   self.stats.path)
 
     def pre_fork(self, server: Any, worker: Any) -> None:
         info = WorkerInfo(index=self._take_slot(server, worker.age), age=worker.age)
@@ -234,7 +315,11 @@ class _Adapter:
             actions.disable_in_master()
         first = not self._frozen_once
         self._frozen_once = True
-        actions.freeze(collect_first=first and self.policy.collect_before_freeze)
+        # Before every freeze but the first, the cycles the master made since
+        # the last one (a HUP's config objects, gunicorn's bookkeeping) are
+        # freed, or they would be frozen and kept for the master's life.
+        actions.freeze(collect_first=first and self.policy.collect_before_freeze,
+                       collect_young=not first)
         if first and self.policy.immortalizes:
             # Once: a later walk would cost a third of the first for the few
             # objects the master made since, and would make immortal, so
@@ -348,10 +433,21 @@ class _Adapter:
     def _assignment(self, worker: Any) -> tuple[WorkerInfo, Thresholds | None]:
         if self._next is not None and self._next[0] == worker.age:
             return self._next[1], self._next[2]
+        # A fork that gcfork's pre_fork did not see (it was not in the config
+        # gunicorn used): the GC still goes on, but not as the policy planned.
+        worker.log.error("gcfork: worker age=%s was forked without gcfork's pre_fork hook: "
+                         "no slot, the interpreter's thresholds", worker.age)
         return WorkerInfo(index=-1, age=worker.age), None
 
     def _enable(self, worker: Any, info: WorkerInfo, thresholds: Thresholds | None) -> None:
-        state = actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+        try:
+            state = actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+        except ThresholdsRefused as exc:
+            state = actions.gc_state()
+            worker.log.error("gcfork: worker slot=%s age=%s pid=%s: %s; GC %s with thresholds "
+                             "%s instead", info.index, info.age, worker.pid, exc,
+                             "on" if state.enabled else "off", state.thresholds)
+            return
         kept = actions.significant_thresholds()
         wanted = (thresholds or state.thresholds)[:kept]
         ok = (state.enabled == self.policy.workers_collect
@@ -367,7 +463,8 @@ class _Adapter:
 
 
 _HOOK_ARITY = {
-    "on_starting": 1, "when_ready": 1, "pre_fork": 2, "post_fork": 2, "post_worker_init": 1,
+    "on_starting": 1, "on_reload": 1, "when_ready": 1, "pre_fork": 2, "post_fork": 2,
+    "post_worker_init": 1,
     "worker_exit": 2, "child_exit": 2, "on_exit": 1,
 }
 _OURS_LAST = frozenset({"pre_fork"})
@@ -475,14 +572,21 @@ def install(namespace: MutableMapping[str, Any], **settings: Any) -> Policy:
     try:
         policy = Policy.from_settings(settings)
     except ConfigError as exc:
-        if _ADAPTER.started:
-            print(f"gcfork: error: {exc}; keeping the previous settings", file=sys.stderr)
-            return _ADAPTER.policy
-        print(f"gcfork: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    _ADAPTER.policy = policy
+        if not _ADAPTER.started:
+            print(f"gcfork: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        # A HUP: gunicorn must keep forking workers, and they must keep
+        # gcfork's policy, so the hooks go into the new namespace all the same.
+        _ADAPTER.refused = f"gcfork: error: {exc}; workers keep the previous settings"
+        policy = _ADAPTER.policy
+    else:
+        _ADAPTER.given = dict(settings)
+        _ADAPTER.refused = None
+        if not _ADAPTER.started:
+            # On a HUP, on_reload decides, once gunicorn's raw_env is back.
+            _ADAPTER.policy = policy
     _ADAPTER.installed = True
-    if policy.changes_gc:
+    if _ADAPTER.policy.changes_gc:
         actions.disable_in_master()
     for name in _HOOK_ARITY:
         namespace[name] = _chain(name, namespace.get(name))

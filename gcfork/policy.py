@@ -17,8 +17,8 @@ from gcfork.warmup import WarmupSetting
 __all__ = ["Policy"]
 
 _MODE_MEANING: Mapping[Mode, str] = {
-    "freeze": "GC off in the master, frozen before every fork, on in workers",
-    "disable": "GC off in the master and in workers, frozen before every fork",
+    "freeze": "GC off in the master, frozen before each fork, on in workers",
+    "disable": "GC off in the master and in workers, frozen before each fork",
     "off": "gcfork leaves the GC alone",
 }
 
@@ -99,40 +99,44 @@ class Policy:
         return thresholds
 
     def describe(self, preload: bool | None = None) -> str:
-        """One line stating the policy, for the master's log at start."""
-        if callable(self.thresholds):
+        """One line stating the policy, for the master's log at start.
+
+        Settings at their default are left out, except the two every reader
+        needs (mode and the workers' thresholds), to keep it short.
+        """
+        source = self.sources.get
+        default = actions.default_thresholds()
+        if self.mode == "off":
+            workers = f"workers keep the interpreter's thresholds {default}; memory still measured"
+        elif self.mode == "disable":
+            workers = "workers: GC off"
+        elif callable(self.thresholds):
             name = getattr(self.thresholds, "__qualname__", repr(self.thresholds))
-            thresholds = f"per worker from {name}()"
+            workers = f"worker thresholds=per worker from {name}() [{source('thresholds')}]"
         elif self.thresholds is None:
-            thresholds = f"interpreter default {actions.default_thresholds()}"
+            workers = f"worker thresholds={default} [interpreter default]"
         else:
-            thresholds = str(self.thresholds)
-        if self.workers_collect:
-            thresholds += f" [{self.sources.get('thresholds', 'default')}]"
-        else:
-            thresholds = "n/a (no collections in workers)"
-        parts = [
-            f"mode={self.mode} ({_MODE_MEANING[self.mode]}) "
-            f"[{self.sources.get('mode', 'default')}]",
-            f"worker thresholds={thresholds}",
-            f"collect_before_freeze={self.collect_before_freeze}",
-            f"warmup={_warmup_words(self.warmup) if self.warms_up else 'off'}",
-            f"immortalize={self.immortalizes}",
-            f"fast_exit={self.exits_fast}",
-        ]
+            workers = f"worker thresholds={self.thresholds} [{source('thresholds')}]"
+        parts = [f"mode={self.mode} ({_MODE_MEANING[self.mode]}) [{source('mode')}]", workers]
+        extras = [name for name, on in (("collect_before_freeze", self.collect_before_freeze),
+                                        ("immortalize", self.immortalizes),
+                                        ("fast_exit", self.exits_fast)) if on]
+        if self.warms_up:
+            extras.append(f"warmup={_warmup_words(self.warmup)}")
+        if extras:
+            parts.append("also " + ", ".join(extras))
         if preload is not None:
             parts.append(f"preload_app={preload}")
-        parts.append(
-            f"{platform.python_implementation()} {platform.python_version()} "
-            f"({actions.gc_semantics()})"
-        )
+        parts.append(f"{platform.python_implementation()} {platform.python_version()} "
+                     f"({actions.gc_semantics()})")
         return "gcfork: " + "; ".join(parts)
 
 
 def _warmup_words(warmup: WarmupSetting | None) -> str:
     if callable(warmup):
         return f"{getattr(warmup, '__qualname__', repr(warmup))}(app)"
-    return f"{len(warmup or ())} paths"
+    count = len(warmup or ())
+    return f"{count} path{'s' if count != 1 else ''}"
 
 
 def _call(fn: Any, worker: WorkerInfo) -> object:

@@ -2,20 +2,21 @@
 
 :func:`collect` measures a gunicorn master's tree now and joins each process
 with the GC statistics it published; the result is a :class:`Report`.
-Renderers are slotted classes configured in ``__init__`` that turn a report
-into text in ``__call__``: :class:`TableRenderer` (for a person),
-:class:`JSONRenderer` (the versioned schema in ``gcfork/report.schema.json``)
-and :class:`LogLineRenderer` (one line for gunicorn's log).
+Renderers (re-exported from :mod:`gcfork.render`) turn a report into text:
+:class:`TableRenderer` (for a person), :class:`JSONRenderer` (the versioned
+schema in ``gcfork/report.schema.json``) and :class:`LogLineRenderer` (one
+line for gunicorn's log).
 
 :class:`Sampler` is the master's daemon thread that takes a report every few
-seconds and logs the line; it only needs a pid and a log function.
+seconds and logs the line; it only needs a pid and a log function. At
+shutdown the master stops it (:meth:`Sampler.stop` waits for it) and measures
+once more (:meth:`Sampler.sample_now`).
 
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -27,6 +28,16 @@ from gcfork import memory
 from gcfork.discover import WORKER, classify
 from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
+from gcfork.render import (
+    JSONRenderer,
+    LogLineRenderer,
+    TableRenderer,
+    format_age,
+    format_bytes,
+    json_safe,
+    plural,
+    worker_exit_line,
+)
 from gcfork.stats import StatsDir, StatsRecord, advertised
 
 __all__ = [
@@ -41,13 +52,12 @@ __all__ = [
     "collect",
     "format_age",
     "format_bytes",
+    "plural",
     "worker_exit_line",
 ]
 
 REPORT_SCHEMA_VERSION = 1
 """Version of :meth:`Report.to_dict`'s object (``schema`` in it)."""
-
-_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,7 @@ class Report:
     def summary(self) -> str:
         """One sentence with the savings, for a person."""
         t = self.totals
-        workers = f"{t.workers} worker{'s' if t.workers != 1 else ''}"
+        workers = plural(t.workers, "worker")
         if t.savings is None or t.savings_percent is None:
             if t.processes == 0:
                 return "nothing could be measured"
@@ -127,7 +137,7 @@ class Report:
         text = (f"copy-on-write saves {format_bytes(t.savings)} ({t.savings_percent:.0f} %) "
                 f"across {workers}")
         if t.unmeasured:
-            text += f" ({t.unmeasured} process{'es' if t.unmeasured != 1 else ''} not measured)"
+            text += f" ({plural(t.unmeasured, 'process', 'processes')} not measured)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +186,10 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
             "generations": [g._asdict() for g in s.generations],
             "published": s.written,
         }
+        if json_safe(gc_part) != gc_part:
+            # A figure JSON cannot carry (inf, NaN, a huge int): the record is
+            # not to be trusted as a whole, and the schema has no null for its fields.
+            gc_part = None
     return {
         "role": row.role,
         "pid": m.pid,
@@ -235,6 +249,9 @@ def collect(master_pid: int, stats_dir: str | None = None, threads: int = 1) -> 
         notes += [f"ignored {os.path.join(sdir.path, name)}: {why}"
                   for name, why in read.problems.items()]
     master_record = records.get((master_pid, start))
+    if sdir is not None and master_record is None:
+        notes.append(f"master {master_pid} has published no record yet: its direct children "
+                     "are shown as workers")
     members = classify(
         master_pid,
         dirty_arbiter_pid=None if master_record is None else master_record.dirty_arbiter_pid,
@@ -254,167 +271,6 @@ def collect(master_pid: int, stats_dir: str | None = None, threads: int = 1) -> 
                   tuple(rows), totals, tuple(notes))
 
 
-# -- formatting -----------------------------------------------------------------
-
-
-def format_bytes(n: float | None, unit: str = "MiB") -> str:
-    """``n`` bytes in ``unit`` (MiB or MB) with one decimal; ``-`` for None."""
-    if n is None:
-        return "-"
-    divisor = _MIB if unit == "MiB" else 1_000_000
-    return f"{n / divisor:.1f} {unit}"
-
-
-def format_age(seconds: float | None) -> str:
-    """A duration in the two largest units: ``45s``, ``5m02s``, ``3h04m``, ``2d03h``."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} %"
-
-
-class TableRenderer:
-    """A table a person reads in seconds: one row per process, then the totals
-    and one sentence with the savings.
-
-    Args:
-        unit: ``MiB`` (default) or ``MB``.
-    """
-
-    __slots__ = ("_unit",)
-
-    _HEAD = ("ROLE", "PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "MAX PAUSE")
-
-    def __init__(self, unit: str = "MiB") -> None:
-        if unit not in ("MiB", "MB"):
-            raise ValueError(f"unit must be 'MiB' or 'MB', not {unit!r}")
-        self._unit = unit
-
-    def _size(self, n: int | float | None) -> str:
-        return format_bytes(n, self._unit)
-
-    def _row(self, row: ProcessRow, now: float) -> list[str]:
-        m, s = row.memory, row.stats
-        gc_cell = "-" if s is None else str(s.collections) + ("" if s.gc_enabled else " (off)")
-        return [
-            row.role, str(m.pid), format_age(row.age(now)),
-            "-" if row.requests is None else str(row.requests),
-            self._size(m.rss), self._size(m.pss), self._size(m.uss), _pct(m.shared_percent),
-            gc_cell, "-" if s is None or not s.collections else _ms(s.pause_max),
-            m.problem or "",
-        ]
-
-    def __call__(self, report: Report) -> str:
-        t = report.totals
-        master_gc = {True: "on", False: "off", None: "unknown"}[report.master_gc_enabled]
-        lines = [
-            f"gunicorn master {report.master_pid}: {t.workers} workers, "
-            f"{len(report.rows)} processes, master GC {master_gc}  "
-            f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.taken))})",
-            "",
-        ]
-        table = [[*self._HEAD, ""]]
-        table += [self._row(r, report.taken) for r in report.rows]
-        table.append(["TOTAL", "", "", _sum_requests(report), self._size(t.sum_rss),
-                      self._size(t.sum_pss), self._size(t.sum_uss), "", "", "", ""])
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        left = {0, 10}
-        for i, cells in enumerate(table):
-            if i == len(table) - 1:
-                lines.append("  ".join("-" * w for w in widths[:-1]))
-            lines.append("  ".join(c.ljust(w) if j in left else c.rjust(w)
-                                   for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
-        lines += ["", report.summary() + "."]
-        if t.mean_worker_uss is not None and t.mean_worker_shared_percent is not None:
-            lines.append(f"mean worker: {self._size(t.mean_worker_uss)} private, "
-                         f"{t.mean_worker_shared_percent:.0f} % of its RSS shared.")
-        lines += [f"note: {n}" for n in report.notes]
-        return "\n".join(lines)
-
-
-def _sum_requests(report: Report) -> str:
-    counts = [r.requests for r in report.workers if r.requests is not None]
-    return str(sum(counts)) if counts else "-"
-
-
-class JSONRenderer:
-    """The report as JSON (``Report.to_dict``).
-
-    Args:
-        indent: passed to the serializer; None for one line.
-        serializer: turns the object into text; :func:`json.dumps` by default.
-    """
-
-    __slots__ = ("_dumps", "_indent")
-
-    def __init__(self, indent: int | None = 2,
-                 serializer: Callable[..., str] = json.dumps) -> None:
-        self._indent = indent
-        self._dumps = serializer
-
-    def __call__(self, report: Report) -> str:
-        return self._dumps(report.to_dict(), indent=self._indent)
-
-
-class LogLineRenderer:
-    """One compact line for the master's log.
-
-    Args:
-        prefix: put before the figures.
-    """
-
-    __slots__ = ("_prefix",)
-
-    def __init__(self, prefix: str = "gcfork: memory: ") -> None:
-        self._prefix = prefix
-
-    def __call__(self, report: Report) -> str:
-        t = report.totals
-        parts = [f"{t.workers} workers", f"sum RSS {format_bytes(t.sum_rss)}",
-                 f"sum PSS {format_bytes(t.sum_pss)}",
-                 f"savings {_pct(t.savings_percent)}",
-                 f"mean worker shared {_pct(t.mean_worker_shared_percent)}"]
-        if t.unmeasured:
-            parts.append(f"{t.unmeasured} not measured")
-        return self._prefix + ", ".join(parts)
-
-
-def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
-                     private: int | None) -> str:
-    """The master's line about a worker that exited.
-
-    Args:
-        pid: the worker.
-        record: its last published record, if any.
-        age: seconds it ran, if known.
-        private: its USS in bytes at exit, if known.
-    """
-    if record is None:
-        gc_part = "no GC statistics published"
-    elif not record.collections:
-        gc_part = "0 GC collections"
-    else:
-        gc_part = (f"{record.collections} GC collections, "
-                   f"max pause {_ms(record.pause_max)}")
-    requests = "-" if record is None or record.requests is None else record.requests
-    return (f"gcfork: worker {pid} exited: age {format_age(age)}, {requests} requests, "
-            f"{format_bytes(private)} private at exit, {gc_part}")
-
-
 # -- the master's sampling thread -----------------------------------------------
 
 
@@ -423,7 +279,9 @@ class Sampler:
     report every ``sample_every`` seconds and logs its line every ``interval``.
 
     It runs beside the server's main loop and never blocks it: the main loop
-    only reads :attr:`last`, a reference swapped atomically.
+    only reads :attr:`last`, a reference swapped atomically. At shutdown the
+    master calls :meth:`stop` (which waits for the thread) before removing
+    the stats directory, and :meth:`sample_now` for a report of this moment.
 
     Args:
         master_pid: the master (the calling process).
@@ -454,15 +312,54 @@ class Sampler:
     @property
     def sample_every(self) -> float:
         """Seconds between two reports: the log interval, at most 30 s, so the
-        shutdown report and the exit lines are recent even with the line off."""
+        figures of a worker that exits without a final record are recent even
+        with the line off. (The shutdown report is measured by :meth:`sample_now`.)"""
         return min(self._interval, 30.0) if self._interval > 0 else 30.0
 
     def start(self) -> None:
+        """Start the thread (master, once the server is ready)."""
         self._thread = threading.Thread(target=self._run, name="gcfork-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Master: stop the thread and wait up to ``timeout`` seconds for it.
+
+        After this returns True the thread touches the stats directory no more,
+        so the master may remove it. Even past the timeout, a failure it meets
+        then is not logged (the directory going away is then expected).
+
+        Returns:
+            Whether the thread has ended (or never started).
+
+        .. versionchanged:: 0.3
+           Waits for the thread; ``timeout`` added.
+        """
         self._stop.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return thread is None
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def sample_now(self, threads: int = 1) -> Report:
+        """Measure the cluster now, in the calling thread (master, e.g. as
+        shutdown begins, while the workers still run), and keep it as
+        :attr:`last`.
+
+        Args:
+            threads: processes measured at once.
+
+        Returns:
+            The fresh report.
+
+        Raises:
+            MasterGone: the master is not running (cannot happen in the master).
+
+        .. versionadded:: 0.3
+        """
+        report = collect(self._pid, self._dir.path, threads=threads)
+        self.last = report
+        return report
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -475,12 +372,19 @@ class Sampler:
                 now = time.monotonic()
                 if now >= next_sample:
                     next_sample = now + self.sample_every
-                    self.last = collect(self._pid, self._dir.path)
+                    report = collect(self._pid, self._dir.path)
+                    # Stopping: sample_now's report must not be replaced by this
+                    # older one, nor be followed by a periodic line in the log.
+                    if self._stop.is_set():
+                        return
+                    self.last = report
                     if self._interval > 0 and now >= next_line:
                         next_line = now + self._interval
-                        self._log(LogLineRenderer()(self.last))
+                        self._log(LogLineRenderer()(report))
                 self._last_error = ""
             except Exception as exc:  # the server must not lose its sampler
+                if self._stop.is_set():
+                    return  # shutting down: the directory may be going away
                 # Once per distinct failure: a vanished directory must not flood the log.
                 if repr(exc) != self._last_error:
                     self._last_error = repr(exc)

@@ -1,53 +1,66 @@
 """The stats channel: GC statistics that workers publish for their master.
 
-Each worker counts its collections with a :data:`gc.callbacks` callback and a
-daemon thread writes a small JSON record every few seconds into a directory
-private to the server; the master writes its own record there too. The master
-and ``gcfork report`` read the records back.
+Each worker's daemon thread writes a small JSON record (:mod:`gcfork.records`,
+whose names are re-exported here) every few seconds into a directory private
+to the server; the master writes its own record there too and reads them
+back, as ``gcfork report`` does.
 
-The directory is created mode 0700 by the master and refused when it is a
-symlink or belongs to another user. Each record is one file, mode 0600, named
-after the process's pid and start time (pids get reused), written to a
-temporary name and renamed into place so a reader never sees half a record.
-Readers open files with ``O_NOFOLLOW`` and ignore, with a reason, any that is
-a symlink, not a regular file, owned by another user, over
-:data:`MAX_RECORD_BYTES` or not a record of :data:`SCHEMA_VERSION`.
+The master opens the directory once (:meth:`StatsDir.create`) and every
+process works through that descriptor (workers inherit it across the fork):
+a directory swapped for a symlink later is never followed (see
+:mod:`gcfork.files`). The directory belongs to the workers' user (gunicorn's
+``user``/``group``), mode 0700. gcfork never changes the mode or owner of a
+directory it did not create: a given ``stats_dir`` that is shared or not the
+workers' gets a private subdirectory, removed at exit. Each record is one
+file, mode 0600, named after the process's pid and start time (pids get
+reused). Readers ignore, with a reason, any file that is a symlink, not a
+regular file, owned by neither the directory's owner nor the reader, over
+:data:`MAX_RECORD_BYTES`, or not a valid record of :data:`SCHEMA_VERSION`
+(every field typed and bounded, floats finite).
 
 The master advertises where its directory is: a 0600 file named after its pid
 and start time in a per-user runtime directory (see :func:`runtime_dirs`), so
 ``gcfork report --pid N`` finds the directory of master N without being told.
 
-Nothing here runs on a request path; nothing here imports more than the
-standard library, psutil and :mod:`gcfork.memory`.
+Nothing here runs on a request path or imports more than the standard
+library, psutil and :mod:`gcfork.memory`.
 
 .. versionadded:: 0.2
+.. versionchanged:: 0.3
+   Descriptor-relative directory, workers' owner, strict record schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import json
 import os
 import secrets
-import shutil
 import stat
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import psutil
-
+from gcfork import files
 from gcfork.exceptions import StatsDirError
 from gcfork.memory import process_start
+from gcfork.records import (
+    MAX_RECORD_BYTES,
+    PUBLISH_INTERVAL,
+    ROLES,
+    SCHEMA_VERSION,
+    GCCollector,
+    GenStats,
+    Publisher,
+    StatsRecord,
+)
 
 __all__ = [
     "MAX_RECORD_BYTES",
     "PUBLISH_INTERVAL",
+    "ROLES",
     "SCHEMA_VERSION",
+    "TRIGGER_NAME",
     "GCCollector",
     "GenStats",
     "Publisher",
@@ -61,281 +74,14 @@ __all__ = [
     "withdraw",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the record format; a reader ignores records of another version."""
+TRIGGER_NAME = ".explain"
+"""The subdirectory of ``gcfork explain`` requests (:mod:`gcfork.cowprof`);
+hidden, so record readers skip it; made and removed with the directory."""
 
-MAX_RECORD_BYTES = 16 * 1024
-"""A record is a few hundred bytes; anything over this bound is not ours."""
-
-PUBLISH_INTERVAL = 2.0
-"""Seconds between two records of one worker."""
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# -- the directory ---------------------------------------------------------------
 
 
-class GenStats(NamedTuple):
-    """What one generation's collections did in one process."""
-
-    collections: int
-    collected: int
-    uncollectable: int
-    pause_total: float  # seconds
-    pause_max: float  # seconds
-
-
-class StatsRecord(NamedTuple):
-    """One process's published statistics (one file of the stats directory)."""
-
-    role: str  # "worker" or "master"
-    pid: int
-    start: int  # memory.process_start(pid)
-    started: float  # creation time, seconds since the epoch
-    written: float  # seconds since the epoch
-    requests: int | None  # requests served; None for the master
-    gc_enabled: bool
-    thresholds: tuple[int, ...]
-    freeze_count: int
-    generations: tuple[GenStats, ...]
-    final: bool = False  # written by the process as it exits
-    uss_at_exit: int | None = None  # bytes, measured by the process as it exits
-    dirty_arbiter_pid: int | None = None  # master only: gunicorn's dirty arbiter
-
-    @property
-    def collections(self) -> int:
-        """Collections of every generation."""
-        return sum(g.collections for g in self.generations)
-
-    @property
-    def pause_max(self) -> float:
-        """The longest pause of any generation, in seconds."""
-        return max((g.pause_max for g in self.generations), default=0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as written to its file, with the schema version."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "role": self.role,
-            "pid": self.pid,
-            "start": self.start,
-            "started": self.started,
-            "written": self.written,
-            "requests": self.requests,
-            "gc": {
-                "enabled": self.gc_enabled,
-                "thresholds": list(self.thresholds),
-                "freeze_count": self.freeze_count,
-                "generations": [g._asdict() for g in self.generations],
-            },
-            "final": self.final,
-            "uss_at_exit": self.uss_at_exit,
-            "dirty_arbiter_pid": self.dirty_arbiter_pid,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> StatsRecord:
-        """Parse a record read from a file.
-
-        Raises:
-            ValueError: not a record of this schema version, in words.
-        """
-        if not isinstance(obj, dict):
-            raise ValueError("not a JSON object")
-        if obj.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"schema {obj.get('schema')!r}, this gcfork reads {SCHEMA_VERSION}")
-        try:
-            gc_part = obj["gc"]
-            gens = tuple(
-                GenStats(_int(g["collections"]), _int(g["collected"]), _int(g["uncollectable"]),
-                         _float(g["pause_total"]), _float(g["pause_max"]))
-                for g in gc_part["generations"][:3]
-            )
-            return cls(
-                role=str(obj["role"]),
-                pid=_int(obj["pid"]),
-                start=_int(obj["start"]),
-                started=_float(obj["started"]),
-                written=_float(obj["written"]),
-                requests=None if obj["requests"] is None else _int(obj["requests"]),
-                gc_enabled=bool(gc_part["enabled"]),
-                thresholds=tuple(_int(t) for t in gc_part["thresholds"][:3]),
-                freeze_count=_int(gc_part["freeze_count"]),
-                generations=gens,
-                final=bool(obj.get("final", False)),
-                uss_at_exit=None if obj.get("uss_at_exit") is None else _int(obj["uss_at_exit"]),
-                dirty_arbiter_pid=(None if obj.get("dirty_arbiter_pid") is None
-                                   else _int(obj["dirty_arbiter_pid"])),
-            )
-        except (KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"malformed record ({exc!r})") from None
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{value!r} is not an int")
-    return value
-
-
-def _float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{value!r} is not a number")
-    return float(value)
-
-
-# -- counting collections -------------------------------------------------------
-
-
-class GCCollector:
-    """Counts the calling process's collections through :data:`gc.callbacks`.
-
-    The callback does a few additions per collection and nothing else. A
-    forked child inherits the installed collector with the parent's counts:
-    it calls :meth:`reset` first.
-    """
-
-    __slots__ = ("_gens", "_ident", "_t0")
-
-    def __init__(self) -> None:
-        self._gens: list[list[float]] = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
-        self._t0 = 0.0
-        self._ident: tuple[int, int, float] = (0, 0, 0.0)  # pid, start, started
-
-    def install(self) -> None:
-        """Start counting in this process; idempotent."""
-        if self._callback not in gc.callbacks:
-            gc.callbacks.append(self._callback)
-
-    def uninstall(self) -> None:
-        """Stop counting."""
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self._callback)
-
-    def reset(self) -> None:
-        """Forget every count (in a child right after the fork)."""
-        self._gens = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
-
-    def _callback(self, phase: str, info: Mapping[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-            return
-        pause = time.perf_counter() - self._t0
-        gen = self._gens[min(max(info.get("generation", 0), 0), 2)]
-        gen[0] += 1
-        gen[1] += info.get("collected", 0)
-        gen[2] += info.get("uncollectable", 0)
-        gen[3] += pause
-        if pause > gen[4]:
-            gen[4] = pause
-
-    def snapshot(self) -> tuple[GenStats, ...]:
-        """The counts now, one entry per generation."""
-        # tuple() copies each generation at once: the callback may run meanwhile.
-        return tuple(GenStats(int(c), int(n), int(u), t, m)
-                     for c, n, u, t, m in (tuple(g) for g in self._gens))
-
-    def _identity(self) -> tuple[int, int, float]:
-        # Read once per process; a forked child has a new pid, so reads its own.
-        pid = os.getpid()
-        if self._ident[0] != pid:
-            self._ident = (pid, process_start(pid) or 0, psutil.Process(pid).create_time())
-        return self._ident
-
-    def record(self, role: str, requests: int | None, **extra: Any) -> StatsRecord:
-        """A record of the calling process's GC state and counts now.
-
-        Args:
-            role: ``worker`` or ``master``.
-            requests: requests served so far; None for a master.
-            **extra: ``final``, ``uss_at_exit``, ``dirty_arbiter_pid``.
-        """
-        pid, start, started = self._identity()
-        return StatsRecord(
-            role=role, pid=pid, start=start, started=started, written=time.time(),
-            requests=requests, gc_enabled=gc.isenabled(), thresholds=gc.get_threshold(),
-            freeze_count=gc.get_freeze_count(), generations=self.snapshot(), **extra,
-        )
-
-
-# -- files ----------------------------------------------------------------------
-
-
-def _check_dir(path: str, fix_mode: bool) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise StatsDirError(path, "it does not exist") from None
-    except OSError as exc:
-        raise StatsDirError(path, exc.strerror or str(exc)) from None
-    if stat.S_ISLNK(st.st_mode):
-        raise StatsDirError(path, "it is a symlink")
-    if not stat.S_ISDIR(st.st_mode):
-        raise StatsDirError(path, "it is not a directory")
-    if st.st_uid != os.geteuid():
-        raise StatsDirError(path, f"it belongs to uid {st.st_uid}, not to uid {os.geteuid()}")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        if not fix_mode:
-            raise StatsDirError(
-                path, f"its mode is {stat.S_IMODE(st.st_mode):04o}; others could plant records"
-            )
-        os.chmod(path, 0o700)
-
-
-def _make_private_dir(path: str) -> None:
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    _check_dir(path, fix_mode=True)
-
-
-def _read_small_file(path: str) -> bytes:
-    """The bytes of a regular file of ours under the size bound.
-
-    Raises:
-        ValueError: why the file is ignored, in words.
-        FileNotFoundError: it disappeared.
-    """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValueError("a symlink, not followed") from None
-        if exc.errno == errno.ENOENT:
-            raise
-        raise ValueError(exc.strerror or str(exc)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_uid != os.geteuid():
-            raise ValueError(f"owned by uid {st.st_uid}, not by uid {os.geteuid()}")
-        if st.st_size > MAX_RECORD_BYTES:
-            raise ValueError(f"{st.st_size} bytes, over the {MAX_RECORD_BYTES}-byte bound")
-        data = os.read(fd, MAX_RECORD_BYTES + 1)
-        if len(data) > MAX_RECORD_BYTES:
-            raise ValueError(f"over the {MAX_RECORD_BYTES}-byte bound")
-        return data
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(directory: str, name: str, data: bytes) -> None:
-    if len(data) > MAX_RECORD_BYTES:
-        raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
-    # A fresh random name with O_EXCL: nothing planted there can be followed,
-    # and rename() replaces a symlink at the final name instead of following it.
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, os.path.join(directory, name))
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _key_name(pid: int, start: int) -> str:
+def _key_name(pid: int, start: int) -> str:  # pids get reused: with the start, a name
     return f"{pid}-{start}.json"
 
 
@@ -347,6 +93,21 @@ def _parse_key(name: str) -> tuple[int, int] | None:
     return int(pid), int(start)
 
 
+def _open_checked(path: str, dir_fd: int | None = None, name: str | None = None) -> int:
+    """Open a directory without following a symlink; StatsDirError in words."""
+    try:
+        return files.open_dir(path if name is None else name, dir_fd)
+    except OSError as exc:
+        reason = {errno.ELOOP: "it is a symlink", errno.ENOTDIR: "it is not a directory",
+                  errno.ENOENT: "it does not exist"}.get(exc.errno or 0, exc.strerror)
+        raise StatsDirError(path, reason or str(exc)) from None
+
+
+def _load(dir_fd: int, name: str, owners: frozenset[int]) -> StatsRecord:
+    """Raises ValueError (why, in words) or FileNotFoundError."""
+    return StatsRecord.loads(files.read_private(dir_fd, name, MAX_RECORD_BYTES, owners))
+
+
 class ReadResult(NamedTuple):
     """Everything read from a stats directory (returned by :meth:`StatsDir.read`)."""
 
@@ -355,62 +116,187 @@ class ReadResult(NamedTuple):
 
 
 class StatsDir:
-    """A server's private stats directory.
+    """A server's private stats directory, held open by descriptor.
 
     Args:
-        path: the directory; use :meth:`create` (master) or :meth:`open`
-            (readers), which check it.
-        owned: the master created it and removes it at exit.
+        path: the directory, for display and for readers that open it by
+            name; use :meth:`create` (master) or :meth:`open` (readers).
+        owned: gcfork created it for this master, which removes it at exit.
+        fd: the open directory; None opens ``path`` at first use.
+
+    .. versionchanged:: 0.3
+       Every operation is relative to the descriptor; ``fd`` added.
     """
 
-    __slots__ = ("owned", "path")
+    __slots__ = ("_fd", "owned", "path")
 
-    def __init__(self, path: str, owned: bool = False) -> None:
+    def __init__(self, path: str, owned: bool = False, fd: int | None = None) -> None:
         self.path = path
         self.owned = owned
+        self._fd = fd
 
     def __repr__(self) -> str:
         return f"StatsDir({self.path!r})"
 
+    def close(self) -> None:
+        """Close the descriptor (readers; the master calls :meth:`destroy`)."""
+        fd, self._fd = self._fd, -1
+        if fd is not None and fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # Readers (the sampler, `gcfork report`) open one per report.
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _dir(self) -> int:
+        if self._fd is None:
+            self._fd = files.open_dir(self.path)
+        elif self._fd < 0:
+            raise FileNotFoundError(errno.ENOENT, "stats directory removed", self.path)
+        return self._fd
+
+    def owners(self) -> frozenset[int]:
+        """The uids whose records are trusted: the directory's owner (the
+        workers' user) and the caller's effective uid."""
+        return frozenset((os.fstat(self._dir()).st_uid, os.geteuid()))
+
     @classmethod
-    def create(cls, path: str | None) -> StatsDir:
-        """Master: make the directory (mode 0700), or a fresh one when None.
+    def create(cls, path: str | None, owner: tuple[int, int] | None = None) -> StatsDir:
+        """Master: make or choose the directory and open it.
+
+        ``None`` makes a fresh directory under the temporary directory. A
+        ``path`` that does not exist is made mode 0700 (and kept at exit: a
+        master re-executed by ``USR2`` uses it too); an existing directory
+        of ``owner`` with no permission for others is used as it is; in any
+        other directory (shared, world-writable, another user's) a fresh
+        private subdirectory is made, and removed at exit. No mode or owner
+        of an existing directory is changed.
+
+        Args:
+            path: the ``stats_dir`` setting.
+            owner: ``(uid, gid)`` of the workers (gunicorn's ``user``/``group``).
 
         Raises:
-            StatsDirError: ``path`` is a symlink, not a directory or another
-                user's.
+            StatsDirError: ``path`` is a symlink or not a directory, or no
+                private directory could be made in it.
+
+        .. versionchanged:: 0.3
+           ``owner``; shared directories get a subdirectory instead of a chmod.
         """
+        owner = owner or (os.geteuid(), os.getegid())
         if path is None:
-            return cls(tempfile.mkdtemp(prefix="gcfork-stats-"), owned=True)
-        _make_private_dir(path)
-        return cls(path)
+            parent_path, name = tempfile.gettempdir(), ""
+        else:
+            parent_path, name = os.path.split(os.path.abspath(path))
+        # The parent is followed (the user's choice); only the directory gcfork
+        # works in is opened without following, and used by descriptor from then on.
+        try:
+            parent = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StatsDirError(parent_path, exc.strerror or str(exc)) from None
+        try:
+            if name:
+                self = cls._given(parent, parent_path, name, owner)
+            else:
+                self = cls._fresh(parent, parent_path, owner)
+        finally:
+            os.close(parent)
+        with contextlib.suppress(OSError):  # made now: the workers' user owns it
+            os.close(files.make_dir(self._dir(), TRIGGER_NAME, owner))
+        return self
+
+    @classmethod
+    def _given(cls, parent: int, parent_path: str, name: str,
+               owner: tuple[int, int]) -> StatsDir:
+        path = os.path.join(parent_path, name)
+        try:
+            return cls(path, fd=files.make_dir(parent, name, owner))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StatsDirError(path, f"cannot create it: {exc.strerror or exc}") from None
+        fd = _open_checked(path, parent, name)
+        info = os.fstat(fd)
+        if info.st_uid == owner[0] and not stat.S_IMODE(info.st_mode) & 0o077:
+            return cls(path, fd=fd)
+        try:
+            return cls._fresh(fd, path, owner)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def _fresh(cls, parent: int, parent_path: str, owner: tuple[int, int]) -> StatsDir:
+        for _ in range(100):
+            name = f"gcfork-stats-{secrets.token_hex(6)}"
+            try:
+                fd = files.make_dir(parent, name, owner)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StatsDirError(parent_path, "cannot create a private directory in it: "
+                                    f"{exc.strerror or exc}") from None
+            return cls(os.path.join(parent_path, name), owned=True, fd=fd)
+        raise StatsDirError(parent_path, "no free name for a private directory in it")
 
     @classmethod
     def open(cls, path: str) -> StatsDir:
-        """Reader: check the directory without changing it.
+        """Reader: open the directory without changing it.
 
         Raises:
-            StatsDirError: it is missing, a symlink, another user's or
-                writable by others.
+            StatsDirError: it is missing, a symlink, writable by others, or
+                another user's (root reads any user's: a root master's
+                workers run as another user).
         """
-        _check_dir(path, fix_mode=False)
-        return cls(path)
+        self = cls(path, fd=_open_checked(path))  # closed when dropped, even on error
+        info = os.fstat(self._dir())
+        if info.st_uid != os.geteuid() and os.geteuid() != 0:
+            raise StatsDirError(path, f"it belongs to uid {info.st_uid}, not to uid {os.geteuid()}")
+        if stat.S_IMODE(info.st_mode) & 0o022:
+            raise StatsDirError(path, f"its mode is {stat.S_IMODE(info.st_mode):04o}; "
+                                "others could plant records")
+        return self
+
+    def subdir(self, name: str) -> int:
+        """An open private subdirectory (``0700``, owned as records may be),
+        made if missing; the caller closes it.
+
+        Raises:
+            StatsDirError: it is not a directory, or not private, or another
+                user's: naming it.
+
+        .. versionadded:: 0.3
+        """
+        path = os.path.join(self.path, name)
+        try:
+            parent = self._dir()
+            info = os.fstat(parent)
+            owner = (info.st_uid, info.st_gid) if os.geteuid() == 0 else None
+            with contextlib.suppress(FileExistsError):
+                os.close(files.make_dir(parent, name, owner))
+        except OSError as exc:
+            raise StatsDirError(path, exc.strerror or str(exc)) from None
+        fd = _open_checked(path, parent, name)
+        info = os.fstat(fd)
+        if info.st_uid not in self.owners() or stat.S_IMODE(info.st_mode) & 0o077:
+            os.close(fd)
+            raise StatsDirError(path, f"it is not gcfork's (uid {info.st_uid}, mode "
+                                f"{stat.S_IMODE(info.st_mode):04o})")
+        return fd
 
     def publish(self, record: StatsRecord) -> None:
         """Write ``record`` atomically, replacing the process's previous one.
 
         Raises:
             OSError: the directory is gone or full.
+            ValueError: the record holds a float that is not finite.
         """
-        data = json.dumps(record.to_json(), separators=(",", ":")).encode()
-        _write_atomically(self.path, _key_name(record.pid, record.start), data)
+        files.write_private(self._dir(), _key_name(record.pid, record.start), record.dumps())
 
     def read_one(self, pid: int, start: int) -> StatsRecord | None:
         """The record of one process, or None if it has none that is valid."""
         try:
-            record = StatsRecord.from_json(
-                json.loads(_read_small_file(os.path.join(self.path, _key_name(pid, start))))
-            )
+            record = _load(self._dir(), _key_name(pid, start), self.owners())
         except (OSError, ValueError):
             return None
         return record if (record.pid, record.start) == (pid, start) else None
@@ -420,25 +306,24 @@ class StatsDir:
         records: dict[tuple[int, int], StatsRecord] = {}
         problems: dict[str, str] = {}
         try:
-            names = sorted(os.listdir(self.path))
+            fd = self._dir()
+            names = sorted(os.listdir(fd))
+            owners = self.owners()
         except OSError as exc:
             return ReadResult(records, {".": exc.strerror or str(exc)})
         for name in names:
             if name.startswith("."):
-                continue  # a record being written
+                continue  # a record being written, or the explain trigger
             key = _parse_key(name)
             if key is None:
                 problems[name] = "not a record name (PID-START.json)"
                 continue
             try:
-                record = StatsRecord.from_json(
-                    json.loads(_read_small_file(os.path.join(self.path, name)))
-                )
+                record = _load(fd, name, owners)
             except FileNotFoundError:
                 continue  # removed since listdir: its process exited
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                problems[name] = (f"not valid JSON ({exc.msg})"
-                                  if isinstance(exc, json.JSONDecodeError) else str(exc))
+            except ValueError as exc:
+                problems[name] = str(exc)
                 continue
             if (record.pid, record.start) != key:
                 problems[name] = f"names pid {record.pid} start {record.start} inside"
@@ -451,7 +336,7 @@ class StatsDir:
         that has exited, whose start time can no longer be read)."""
         found: list[StatsRecord] = []
         with contextlib.suppress(OSError):
-            for name in os.listdir(self.path):
+            for name in os.listdir(self._dir()):
                 key = _parse_key(name)
                 if key is not None and key[0] == pid:
                     record = self.read_one(*key)
@@ -460,9 +345,9 @@ class StatsDir:
         return max(found, key=lambda r: r.written, default=None)
 
     def remove(self, pid: int, start: int) -> None:
-        """Delete one process's record, if any."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.path, _key_name(pid, start)))
+        """Delete one process's record, if any; never raises OSError."""
+        with contextlib.suppress(OSError):
+            os.unlink(_key_name(pid, start), dir_fd=self._dir())
 
     def prune(self) -> int:
         """Master: delete records of processes that no longer run.
@@ -472,7 +357,7 @@ class StatsDir:
         """
         removed = 0
         with contextlib.suppress(OSError):
-            for name in os.listdir(self.path):
+            for name in os.listdir(self._dir()):
                 key = _parse_key(name)
                 if key is not None and process_start(key[0]) != key[1]:
                     self.remove(*key)
@@ -480,10 +365,30 @@ class StatsDir:
         return removed
 
     def destroy(self) -> None:
-        """Master at exit: remove the directory if it made it. A directory given
-        by the ``stats_dir`` setting stays: another master (``USR2``) may use it."""
-        if self.owned:
-            shutil.rmtree(self.path, ignore_errors=True)
+        """Master at exit: remove the directory if gcfork made it for this
+        master (its contents through the descriptor, then the directory if
+        its path still names it), and close it. A directory given by the
+        ``stats_dir`` setting stays: another master (``USR2``) may use it."""
+        if self.owned and self._fd is not None and self._fd >= 0:
+            files.empty_dir(self._fd)
+            _rmdir_if_same(self.path, self._fd)
+        self.close()
+
+
+def _rmdir_if_same(path: str, fd: int) -> None:
+    parent_path, name = os.path.split(path)
+    try:
+        parent = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        now, held = os.stat(name, dir_fd=parent, follow_symlinks=False), os.fstat(fd)
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            os.rmdir(name, dir_fd=parent)
+    except OSError:
+        pass  # gone, swapped, or not empty: whatever is there now is not ours to remove
+    finally:
+        os.close(parent)
 
 
 # -- where a master's directory is advertised ------------------------------------
@@ -496,9 +401,8 @@ def runtime_dirs() -> list[str]:
     since a shell and a service of the same user may not share
     ``$XDG_RUNTIME_DIR`` or ``$TMPDIR``:
 
-    1. ``$XDG_RUNTIME_DIR/gcfork``;
-    2. ``/run/user/UID/gcfork``, the usual value of the above;
-    3. ``TMPDIR/gcfork-UID`` and ``/tmp/gcfork-UID``, made 0700.
+    ``$XDG_RUNTIME_DIR/gcfork``, ``/run/user/UID/gcfork`` (its usual value),
+    ``TMPDIR/gcfork-UID`` and ``/tmp/gcfork-UID``, made 0700.
     """
     uid = os.geteuid()
     found: list[str] = []
@@ -511,6 +415,21 @@ def runtime_dirs() -> list[str]:
         if path not in found:
             found.append(path)
     return found
+
+
+def _runtime_dir(path: str, make: bool) -> int:
+    """Open one of :func:`runtime_dirs`, made 0700 if ``make``: it must be the
+    caller's and private (never chmod-ed: gcfork may not have made it)."""
+    if make:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    fd = _open_checked(path)
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        os.close(fd)
+        raise StatsDirError(path, f"it is not private to uid {os.geteuid()} (uid "
+                            f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})")
+    return fd
 
 
 def advertise(pid: int, start: int, stats_dir: str) -> str:
@@ -526,16 +445,21 @@ def advertise(pid: int, start: int, stats_dir: str) -> str:
                        "stats_dir": stats_dir}).encode()
     reasons = []
     for path in runtime_dirs():
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            reasons.append(f"{parent} does not exist")
+        if not os.path.isdir(os.path.dirname(path)):
+            reasons.append(f"{os.path.dirname(path)} does not exist")
             continue
         try:
-            _make_private_dir(path)
-            _write_atomically(path, _key_name(pid, start), data)
+            fd = _runtime_dir(path, make=True)
         except (OSError, StatsDirError) as exc:
             reasons.append(str(exc))
             continue
+        try:
+            files.write_private(fd, _key_name(pid, start), data)
+        except OSError as exc:
+            reasons.append(f"{path}: {exc.strerror or exc}")
+            continue
+        finally:
+            os.close(fd)
         return os.path.join(path, _key_name(pid, start))
     raise StatsDirError(runtime_dirs()[0], "; ".join(reasons))
 
@@ -545,13 +469,19 @@ def advertised(pid: int, start: int) -> str | None:
     or None. Files that are not safe to trust are ignored."""
     for path in runtime_dirs():
         try:
-            _check_dir(path, fix_mode=False)
-            obj = json.loads(_read_small_file(os.path.join(path, _key_name(pid, start))))
-        except (OSError, ValueError, StatsDirError):
+            fd = _runtime_dir(path, make=False)
+        except (OSError, StatsDirError):
             continue
+        try:
+            obj = files.loads_strict(files.read_private(
+                fd, _key_name(pid, start), MAX_RECORD_BYTES, {os.geteuid()}))
+        except (OSError, ValueError):
+            continue
+        finally:
+            os.close(fd)
         if (isinstance(obj, dict) and obj.get("schema") == SCHEMA_VERSION
                 and obj.get("pid") == pid and obj.get("start") == start
-                and isinstance(obj.get("stats_dir"), str)):
+                and isinstance(obj.get("stats_dir"), str) and "\0" not in obj["stats_dir"]):
             return str(obj["stats_dir"])
     return None
 
@@ -559,60 +489,10 @@ def advertised(pid: int, start: int) -> str | None:
 def withdraw(pid: int, start: int) -> None:
     """Master at exit: remove its advertisement."""
     for path in runtime_dirs():
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(path, _key_name(pid, start)))
-
-
-# -- the publishing thread ------------------------------------------------------
-
-
-class Publisher:
-    """A daemon thread that publishes a record every ``interval`` seconds.
-
-    Args:
-        stats_dir: where to publish.
-        build: makes the record; called in the thread, never on a request path.
-        interval: seconds between two records.
-        on_error: told once, in words, if publishing fails; the thread carries on.
-    """
-
-    __slots__ = ("_build", "_dir", "_error_told", "_interval", "_on_error", "_stop", "_thread")
-
-    def __init__(
-        self,
-        stats_dir: StatsDir,
-        build: Callable[[], StatsRecord],
-        interval: float = PUBLISH_INTERVAL,
-        on_error: Callable[[str], object] | None = None,
-    ) -> None:
-        self._dir = stats_dir
-        self._build = build
-        self._interval = interval
-        self._on_error = on_error
-        self._error_told = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Publish now, then every ``interval`` seconds, from a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="gcfork-publisher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self.publish()
-            if self._stop.wait(self._interval):
-                return
-
-    def publish(self, record: StatsRecord | None = None) -> None:
-        """Publish ``record`` (a fresh one when None) now; never raises."""
         try:
-            self._dir.publish(record or self._build())
-        except Exception as exc:  # the process must not die of its statistics
-            if not self._error_told and self._on_error is not None:
-                self._error_told = True
-                self._on_error(f"cannot publish GC statistics to {self._dir.path}: {exc!r}")
-
-    def stop(self) -> None:
-        """Stop the thread (it is a daemon: exiting without this is fine)."""
-        self._stop.set()
+            fd = _runtime_dir(path, make=False)
+        except (OSError, StatsDirError):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(_key_name(pid, start), dir_fd=fd)
+        os.close(fd)

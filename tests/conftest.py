@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     ``conf`` is the config file's text (dedented); ``ready`` waits for that many
     workers. The test app and gcfork are importable through PYTHONPATH.
     """
-    servers: list[GunicornProcess] = []
+    servers: list[tuple[GunicornProcess, bool]] = []
 
     def start(
         conf: str,
@@ -41,6 +41,8 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         ready: bool = True,
+        args: Sequence[str] = (),
+        expect_errors: bool = False,
     ) -> GunicornProcess:
         n = len(servers)
         config = tmp_path / f"gunicorn_{n}.conf.py"
@@ -50,17 +52,32 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         config.write_text(header + textwrap.dedent(conf))
         server = GunicornProcess(
             app, config, tmp_path / f"gunicorn_{n}.log", python=python, cwd=REPO,
-            env={"PYTHONPATH": str(REPO), **(env or {})},
+            env={"PYTHONPATH": str(REPO), **(env or {})}, args=args,
         )
-        servers.append(server)
+        servers.append((server, expect_errors))
         server.start()
         if ready:
             server.wait_ready(workers)
         return server
 
     yield start
-    for server in servers:
+    for server, _ in servers:
         server.stop()
+    for server, expect_errors in servers:
+        if not expect_errors:
+            assert_clean_log(server.log())
+
+
+# What a server's log must not hold unless a test provokes it: gcfork logs its
+# own failures and carries on, so a test that does not read the log would pass
+# with a broken hook.
+LOG_FAILURES = ("Traceback", "hook failed", "[ERROR] gcfork", "[CRITICAL]")
+
+
+def assert_clean_log(log: str) -> None:
+    bad = [line for line in log.splitlines() if any(f in line for f in LOG_FAILURES)]
+    assert not bad, "the server's log holds failures:\n" + "\n".join(bad[:20]) + (
+        "\n--- log tail ---\n" + log[-3000:])
 
 
 def worker_states(server: GunicornProcess, count: int, timeout: float = 20.0) -> dict[int, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -14,20 +16,31 @@ from tests.conftest import StartServer, wait_for, worker_states
 ONE_LINE = "import gcfork; gcfork.install(globals(){settings})\n"
 
 
+# Appends a fresh tracked object to the test app's FORK_MARKERS in the master
+# right before each fork, before gcfork's freeze (gcfork freezes last).
+MARK_FORK = """
+    import tests.apps.gcstate
+    tests.apps.gcstate.FORK_MARKERS.append([worker.age])
+"""
+
+
 def conf(settings: str = "", before: str = "", after: str = "", preload: bool = True) -> str:
     line = ONE_LINE.format(settings=", " + settings if settings else "")
+    if preload and "def pre_fork" not in before + after:
+        after += "\ndef pre_fork(server, worker):" + MARK_FORK
     return f"{before}\n{line}preload_app = {preload}\n{after}\n"
 
 
 def master_gc_probe(path: Path) -> str:
     """A user hook, defined after gcfork's line, that records the master's GC
-    state at every fork: it runs in the master just before gcfork freezes."""
+    state at every fork: it runs in the master just before gcfork freezes.
+    It marks the fork too (see MARK_FORK)."""
     return f"""
 import gc, json, os
 def pre_fork(server, worker):
     with open({str(path)!r}, "a") as f:
         f.write(json.dumps({{"pid": os.getpid(), "enabled": gc.isenabled()}}) + "\\n")
-"""
+{MARK_FORK}"""
 
 
 def read_probe(path: Path) -> list[dict[str, object]]:
@@ -35,9 +48,13 @@ def read_probe(path: Path) -> list[dict[str, object]]:
 
 
 def assert_frozen_and_enabled(states: dict[int, dict], thresholds: list[int]) -> None:
+    """Every worker: GC on with ``thresholds``, frozen right before its own fork
+    (not merely inheriting an earlier freeze), and the app imported with the
+    GC off."""
     for state in states.values():
         assert state["enabled"] is True, state
-        assert state["freeze_count"] > 0, state
+        assert state["own_fork_marker_frozen"] is True, state
+        assert state["enabled_at_import"] is False, state
         assert state["thresholds"] == thresholds, state
 
 
@@ -183,7 +200,11 @@ def test_mode_off_changes_nothing(start_server: StartServer, tmp_path: Path) -> 
     for state in worker_states(server, 2).values():
         assert state["enabled"] is True and state["freeze_count"] == 0
     assert all(f["enabled"] is True for f in read_probe(probe))
-    assert "mode=off (gcfork leaves the GC alone) [env GCFORK_MODE]" in server.log()
+    log = server.log()
+    assert "mode=off (gcfork leaves the GC alone) [env GCFORK_MODE]" in log
+    # It used to say "no collections in workers" while they collected normally.
+    assert f"workers keep the interpreter's thresholds {gc.get_threshold()}" in log
+    assert "no collections" not in log
 
 
 def test_env_thresholds_override_install(start_server: StartServer) -> None:
@@ -197,12 +218,20 @@ def test_a_failing_thresholds_callable_is_logged_and_the_worker_still_serves(
 ) -> None:
     # Valid for the start-up probe (slot 0), raises for slot 1 at run time.
     fn = "lambda w: (1500, 10, 10) if w.index == 0 else 1 / 0"
-    server = start_server(conf(f"thresholds={fn}"))
+    server = start_server(conf(f"thresholds={fn}"), expect_errors=True)
     states = worker_states(server, 2)
-    assert sorted(s["thresholds"][0] for s in states.values())[-1] == 1500
+    by_slot = slots_of(server.log())
+    assert states[by_slot[0]]["thresholds"] == [1500, 10, 10]
+    assert states[by_slot[1]]["thresholds"] == list(gc.get_threshold())
     assert all(s["enabled"] for s in states.values())
     assert "ZeroDivisionError" in server.log()
     assert "keeps the interpreter's thresholds" in server.log()
+
+
+def slots_of(log: str) -> dict[int, int]:
+    """``{slot: pid}`` of the workers, from gcfork's line in each worker."""
+    found = re.findall(r"gcfork: worker slot=(-?\d+) age=\d+ pid=(\d+)", log)
+    return {int(slot): int(pid) for slot, pid in found}
 
 
 BAD_SETTINGS = [
@@ -231,6 +260,19 @@ BAD_SETTINGS = [
     ("immortalize='yes'", {}, "'immortalize'"),
     ("", {"GCFORK_FAST_EXIT": "soon"}, "GCFORK_FAST_EXIT"),
     ("", {"GCFORK_WARMUP": "/a,b"}, "GCFORK_WARMUP"),
+    # Over the C int that gc.set_threshold takes: accepted once, then every
+    # worker ran with its GC off.
+    ("thresholds=(2**31,)", {}, "'thresholds'"),
+    ("", {"GCFORK_THRESHOLDS": "2147483648"}, "'thresholds'"),
+    ("thresholds=lambda w: (2**40,)", {}, "'thresholds'"),
+    # Values whose error message used to fail in turn, or fail later.
+    ("collect_before_freeze=10**5000", {}, "'collect_before_freeze'"),
+    ("report_interval=10**400", {}, "'report_interval'"),
+    ("report_interval=1e300", {}, "'report_interval'"),
+    ("stats_dir='/tmp/a\\0b'", {}, "'stats_dir'"),
+    # Wrong case: was silently ignored.
+    ("", {"GCFORK_Mode": "off"}, "GCFORK_Mode"),
+    ("", {"gcfork_mode": "disable"}, "gcfork_mode"),
 ]
 
 

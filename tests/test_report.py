@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 
+import jsonschema
 import psutil
 import pytest
 
 from gcfork import memory
+from gcfork.discover import classify
 from gcfork.report import (
     JSONRenderer,
     LogLineRenderer,
     MasterGone,
     Report,
+    Sampler,
     TableRenderer,
     collect,
+    format_age,
+    format_bytes,
+    plural,
+    worker_exit_line,
 )
 from gcfork.server import GunicornProcess
-from gcfork.stats import MAX_RECORD_BYTES, advertised
+from gcfork.stats import (
+    MAX_RECORD_BYTES,
+    GCCollector,
+    GenStats,
+    StatsDir,
+    StatsRecord,
+    advertised,
+)
 from tests.conftest import StartServer, wait_for
 from tests.test_memory import smaps_rollup
 
@@ -235,6 +253,130 @@ def test_tampered_stats_directory_gives_a_readable_report(
     os.symlink(moved, d)
     refused = collect(server.pid)
     assert all(r.stats is None for r in refused.rows)
-    assert any("symlink" in n for n in refused.notes)
+    assert any("symlink" in n for n in refused.notes), refused.notes
     os.unlink(d)
     os.rename(moved, d)
+
+
+# A worker that has a child of its own: the tree the old guess ("has children")
+# took for gunicorn's dirty arbiter and its dirty workers.
+WORKER_WITH_A_CHILD = """
+import subprocess
+def post_fork(server, worker):
+    subprocess.Popen(["sleep", "120"])
+import gcfork; gcfork.install(globals(), report_interval=0)
+preload_app = True
+"""
+
+
+def test_roles_come_from_records_never_from_guesses(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(WORKER_WITH_A_CHILD, workers=2)
+    wait_for(lambda: len(psutil.Process(server.pid).children(recursive=True)) == 4,
+             what="each worker's child")
+    report = with_stats(server, 2)
+    roles = sorted(r.role for r in report.rows)
+    assert roles == ["child", "child", "master", "worker", "worker"], roles
+    # No record at all (an empty stats directory): the master named no dirty
+    # arbiter, so none is guessed; direct children are workers.
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
+    blind = collect(server.pid, str(empty))
+    assert sorted(r.role for r in blind.rows) == roles
+    assert any("has published no record yet" in n for n in blind.notes)
+    # The dirty arbiter is the pid the master's record names, and only that one.
+    named, other = (r.pid for r in report.workers)
+    members = {m.pid: m.role for m in classify(server.pid, dirty_arbiter_pid=named)}
+    assert members[named] == "dirty-arbiter" and members[other] == "worker"
+    grandchildren = {c.pid: c.ppid() for c in psutil.Process(server.pid).children(True)
+                     if c.ppid() != server.pid}
+    assert sorted(members[pid] for pid in grandchildren) == ["child", "dirty-worker"]
+
+
+def test_figures_from_a_bad_record_never_crash_a_renderer(start_server: StartServer) -> None:
+    server = start_server(CONF.format(interval=0), workers=1)
+    report = with_stats(server, 1)
+    row = report.workers[0]
+    assert row.stats is not None
+    inf, nan = float("inf"), float("nan")
+    bad_stats = row.stats._replace(
+        started=inf, written=nan, requests=10**5000,
+        generations=(GenStats(10**5000, 1, 0, inf, inf), *row.stats.generations[1:]),
+    )
+    # Only the record is another process's writing; the memory row is the kernel's.
+    bad_row = dataclasses.replace(row, stats=bad_stats)
+    bad = dataclasses.replace(report, rows=(report.rows[0], bad_row), taken=report.taken)
+    table = TableRenderer()(bad)
+    assert "inf" not in table.lower() and "nan" not in table.lower()
+    assert LogLineRenderer()(bad).startswith("gcfork: memory: 1 worker, ")
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    document = json.loads(JSONRenderer()(bad), parse_constant=refuse)
+    schema = json.loads(files("gcfork").joinpath("report.schema.json").read_text())
+    jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
+    worker = document["processes"][1]
+    assert worker["requests"] is None and worker["gc"] is None
+    line = worker_exit_line(bad_row.pid, bad_stats, inf, nan)
+    assert f"worker {bad_row.pid} exited: age -, - requests, - private at exit" in line
+    for value in (inf, -inf, nan, 1e300, 10**5000, -5.0):
+        assert format_age(value) == "-"
+    for value in (inf, nan, 10**400, 2.0**64):
+        assert format_bytes(value) == "-"
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    record = GCCollector().record("worker", 1)
+    one = record._replace(generations=(GenStats(1, 3, 0, 0.001, 0.001),))
+    assert ", 1 request, " in worker_exit_line(1, one, 5.0, 4 * 1024 * 1024)
+    assert "1 GC collection, max pause 1.0 ms" in worker_exit_line(1, one, 5.0, None)
+    two = one._replace(requests=2, generations=(GenStats(2, 3, 0, 0.001, 0.001),))
+    assert ", 2 requests, " in worker_exit_line(1, two, 5.0, None)
+    assert "2 GC collections" in worker_exit_line(1, two, 5.0, None)
+    assert [plural(n, "worker") for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]
+    assert plural(1, "process", "processes") == "1 process"
+
+
+def test_sampler_stop_waits_for_the_thread_and_sample_now_is_fresh() -> None:
+    stats = StatsDir.create(None)
+    logged: list[str] = []
+    inside = threading.Event()
+    calls = 0
+
+    def slow_master_record() -> StatsRecord:
+        # The thread is caught mid-iteration, between making the record and
+        # publishing it, when the master stops it and removes the directory.
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            inside.set()
+            time.sleep(0.5)
+        return GCCollector().record("master", None, dirty_arbiter_pid=0)
+
+    sampler = Sampler(os.getpid(), stats, slow_master_record, logged.append, 0, tick=0.05)
+    sampler.start()
+    wait_for(inside.is_set, what="the sampler mid-iteration")
+    assert sampler.stop(timeout=10) is True
+    stats.destroy()
+    assert not os.path.exists(stats.path)
+    assert not [line for line in logged if "sampling failed" in line], logged
+
+    # Past its timeout the thread still logs nothing once stopped.
+    stats = StatsDir.create(None)
+    calls = 0
+    inside.clear()
+    sampler = Sampler(os.getpid(), stats, slow_master_record, logged.append, 0, tick=0.05)
+    sampler.start()
+    wait_for(inside.is_set, what="the sampler mid-iteration")
+    assert sampler.stop(timeout=0.01) is False
+    stats.destroy()
+    wait_for(lambda: sampler.stop(timeout=0.1), what="the thread to end")
+    assert not [line for line in logged if "sampling failed" in line], logged
+
+    # sample_now measures in the calling thread, now, and keeps the result.
+    before = time.time()
+    report = sampler.sample_now()
+    assert report.taken >= before and sampler.last is report
+    assert report.master_pid == os.getpid() and report.rows[0].role == "master"

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from gcfork import cowprof, files
+from gcfork.exceptions import CowProfileError
 from gcfork.memory import process_start
 from gcfork.stats import (
     MAX_RECORD_BYTES,
     SCHEMA_VERSION,
+    TRIGGER_NAME,
     GCCollector,
     Publisher,
     StatsDir,
@@ -64,43 +72,153 @@ def test_directory_is_private_and_records_atomic(collector: GCCollector, tmp_pat
     fresh = StatsDir.create(None)
     try:
         assert mode(fresh.path) == 0o700 and fresh.owned
+        assert mode(os.path.join(fresh.path, TRIGGER_NAME)) == 0o700
     finally:
         fresh.destroy()
     assert not os.path.exists(fresh.path)
-    given = tmp_path / "stats"
-    given.mkdir(mode=0o755)
+    given = tmp_path / "stats"  # missing: gcfork makes it, 0700, and keeps it (USR2)
     sdir = StatsDir.create(str(given))
-    assert mode(given) == 0o700
+    assert sdir.path == str(given) and not sdir.owned and mode(given) == 0o700
     record = collector.record("worker", 3)
     sdir.publish(record)
     sdir.publish(record._replace(requests=4))
-    files = os.listdir(given)
-    assert files == [f"{record.pid}-{record.start}.json"]  # no temporary left behind
-    assert mode(given / files[0]) == 0o600
+    files = sorted(os.listdir(given))
+    assert files == [TRIGGER_NAME, f"{record.pid}-{record.start}.json"]  # no temporary left
+    assert mode(given / files[1]) == 0o600
     read = StatsDir.open(str(given)).read()
     assert read.problems == {}
     assert read.records[(record.pid, record.start)].requests == 4
     assert sdir.find(record.pid) == read.records[(record.pid, record.start)]
+    again = StatsDir.create(str(given))  # ours and private: used as it is
+    assert again.path == str(given) and not again.owned
+    again.destroy()
+    sdir.destroy()
+    assert given.is_dir()
 
 
-def test_refuses_symlinked_foreign_or_open_directories(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dir_mode", "uid"), [(0o1777, 0), (0o777, 0), (0o755, 0),
+                                               (0o700, NOBODY)])
+def test_a_directory_gcfork_did_not_make_keeps_its_mode_and_owner(
+    collector: GCCollector, tmp_path: Path, dir_mode: int, uid: int
+) -> None:
+    if uid != os.geteuid() and os.geteuid() != 0:
+        pytest.skip("making a directory in another user's needs root")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, dir_mode)
+    os.chown(shared, uid, uid)
+    (shared / "theirs").write_text("x")
+    sdir = StatsDir.create(str(shared))
+    assert os.path.dirname(sdir.path) == str(shared) and sdir.owned
+    assert mode(sdir.path) == 0o700 and os.stat(sdir.path).st_uid == os.geteuid()
+    sdir.publish(collector.record("worker", 1))
+    sdir.destroy()
+    assert (mode(shared), os.stat(shared).st_uid) == (dir_mode, uid)
+    assert os.listdir(shared) == ["theirs"]
+
+
+def test_directory_for_the_workers_user(collector: GCCollector, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    sdir = StatsDir.create(str(tmp_path / "stats"), owner=(NOBODY, NOBODY))
+    for path in (sdir.path, os.path.join(sdir.path, TRIGGER_NAME)):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_gid, mode(path)) == (NOBODY, NOBODY, 0o700)
+    record = collector.record("worker", 1)
+    for uid, pid in ((NOBODY, 2), (12345, 3), (os.geteuid(), 4)):
+        name = Path(sdir.path, f"{pid}-5.json")
+        name.write_text(json.dumps(record._replace(pid=pid, start=5).to_json()))
+        os.chown(name, uid, uid)
+    read = sdir.read()
+    assert sorted(read.records) == [(2, 5), (4, 5)]  # the directory owner's, and ours
+    assert "owned by uid 12345" in read.problems["3-5.json"]
+    child = os.fork()
+    if child == 0:  # a worker after gunicorn's setuid
+        status = 1
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            sdir.publish(record._replace(pid=6, start=5))
+            sdir.remove(2, 5)
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitpid(child, 0)[1] == 0
+    assert sorted(StatsDir.open(sdir.path).read().records) == [(4, 5), (6, 5)]
+
+
+def test_a_swapped_directory_is_never_followed(collector: GCCollector, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    prey = victim / "4000000-1.json"  # a record name of no live process: prune's prey
+    prey.write_text(json.dumps(collector.record("worker", 0)._replace(pid=4_000_000,
+                                                                     start=1).to_json()))
+    before = sorted(os.listdir(victim))
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    os.chmod(parent, 0o777)  # anyone may rename entries here
+    sdir = StatsDir.create(str(parent))  # shared: a private subdirectory, owned
+    sdir.publish(collector.record("worker", 1))
+    moved = parent / "moved"
+    os.rename(sdir.path, moved)
+    os.symlink(victim, sdir.path)
+    record = collector.record("worker", 2)
+    sdir.publish(record)
+    sdir.publish(record._replace(pid=4_000_000, start=2))
+    assert sdir.prune() == 1
+    assert sdir.read_one(record.pid, record.start) == record
+    sdir.remove(record.pid, record.start)
+    assert sorted(os.listdir(moved)) == [TRIGGER_NAME]
+    sdir.publish(record)
+    sdir.destroy()
+    assert sorted(os.listdir(victim)) == before and os.path.islink(sdir.path)
+    assert os.listdir(moved) == []  # emptied through the descriptor, not removed by name
+    with pytest.raises(StatsDirError, match="symlink"):
+        StatsDir.open(sdir.path)
+
+
+def test_refuses_symlinked_or_open_directories(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
     with pytest.raises(StatsDirError, match="symlink"):
         StatsDir.create(str(tmp_path / "link"))
-    foreign = tmp_path / "foreign"
-    foreign.mkdir(mode=0o700)
-    os.chown(foreign, NOBODY, NOBODY)
-    with pytest.raises(StatsDirError, match=f"uid {NOBODY}"):
-        StatsDir.create(str(foreign))
-    with pytest.raises(StatsDirError, match=f"uid {NOBODY}"):
-        StatsDir.open(str(foreign))
+    with pytest.raises(StatsDirError, match="symlink"):
+        StatsDir.open(str(tmp_path / "link"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StatsDirError, match="not a directory"):
+        StatsDir.create(str(tmp_path / "file"))
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
     with pytest.raises(StatsDirError, match="0777"):
         StatsDir.open(str(shared))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, NOBODY, NOBODY)
+    if os.geteuid() == 0:  # root reads the directory of its workers' user
+        StatsDir.open(str(foreign)).close()
+    else:
+        with pytest.raises(StatsDirError, match=f"uid {NOBODY}"):
+            StatsDir.open(str(foreign))
+
+
+def test_a_planted_trigger_directory_is_refused_and_removed(tmp_path: Path) -> None:
+    sdir = StatsDir.create(None)
+    trigger = Path(sdir.path, TRIGGER_NAME)
+    os.chown(trigger, 12345, 12345)  # another user's, as if planted
+    (trigger / "explain-1.json").write_text("{}")
+    with pytest.raises(CowProfileError, match=f"{trigger}.*uid 12345"):
+        cowprof.start_trigger(sdir)
+    sdir.destroy()
+    assert not os.path.exists(sdir.path)
+    sdir = StatsDir.create(None)
+    Path(sdir.path, TRIGGER_NAME).rmdir()
+    os.symlink(tmp_path, Path(sdir.path, TRIGGER_NAME))
+    with pytest.raises(CowProfileError, match="symlink"):
+        cowprof.start_trigger(sdir)
+    sdir.destroy()
+    assert not os.path.exists(sdir.path) and tmp_path.is_dir()
 
 
 def test_tampered_files_are_ignored_with_a_reason_and_never_followed(
@@ -136,6 +254,129 @@ def test_tampered_files_are_ignored_with_a_reason_and_never_followed(
     assert "not a regular file" in why["7"]
     assert "not a record name" in why["README"]
     assert all("999999" not in reason for reason in read.problems.values())
+
+
+def _with(record: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """``record`` with the field at dotted ``path`` set to ``value``."""
+    copy = json.loads(json.dumps(record))
+    *parents, last = path.split(".")
+    node = copy
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[int(last) if isinstance(node, list) else last] = value
+    return copy
+
+
+BAD_FIELDS = [
+    ("role", "dirty-arbiter\n"), ("role", 1), ("pid", 0), ("pid", -1), ("pid", 1 << 22 + 1),
+    ("pid", True), ("pid", 1.5), ("start", -1), ("started", -1.0), ("written", "now"),
+    ("requests", -3), ("requests", "7"), ("gc.enabled", 1), ("gc.thresholds", []),
+    ("gc.thresholds", [700, 10, 10, 10]), ("gc.thresholds", "700"), ("gc.freeze_count", None),
+    ("gc.generations", [{}]), ("gc.generations.0.pause_max", -0.5),
+    ("gc.generations.0.collections", 2**63), ("final", "yes"), ("uss_at_exit", -1),
+    ("dirty_arbiter_pid", 1 << 23), ("gc", []), ("schema", True),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), BAD_FIELDS)
+def test_records_are_checked_field_by_field(collector: GCCollector, path: str,
+                                            value: object) -> None:
+    good = collector.record("worker", 1).to_json()
+    with pytest.raises(ValueError):
+        StatsRecord.from_json(_with(good, path, value))
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 8000 + "]" * 8000,  # under the size bound, over the C parser's recursion limit
+    '{"a":' * 5000 + "1" + "}" * 5000,
+    "NaN", "Infinity", "-Infinity", "1e999", "[1e999]",
+])
+def test_hostile_json_is_refused_in_words(text: str) -> None:
+    with pytest.raises(ValueError):
+        StatsRecord.loads(text.encode())
+
+
+def test_hostile_records_never_crash_a_reader(collector: GCCollector, tmp_path: Path) -> None:
+    sdir = StatsDir.create(str(tmp_path / "stats"))
+    good = collector.record("worker", 1).to_json()
+    d = Path(sdir.path)
+    (d / "2-1.json").write_text("[" * 8000 + "]" * 8000)
+    (d / "3-1.json").write_text(json.dumps(_with(good, "written", math.inf)))  # Infinity
+    (d / "4-1.json").write_text(json.dumps(_with(good, "started", math.nan)))  # NaN
+    compact = {"separators": (",", ":")}
+    (d / "5-1.json").write_text(json.dumps(_with(good, "gc.generations.0.pause_max", 1),
+                                           **compact)
+                                .replace('"pause_max":1', '"pause_max":1e999'))
+    (d / "6-1.json").write_text(json.dumps(_with(good, "pid", 7), **compact).replace(
+        '"pid":7', '"pid":' + "9" * 5000))  # int() refuses it from 3.11; a bound after
+    read = sdir.read()
+    assert read.records == {}
+    why = {name.split("-")[0]: reason for name, reason in read.problems.items()}
+    # 3.13's parser nests deeper: the list is then refused as not a record.
+    assert why["2"] in ("nested too deeply", "record is not a JSON object")
+    assert "not a number" in why["3"] and "not a number" in why["4"]
+    assert "out of a float's range" in why["5"]
+    assert set(why) == {"2", "3", "4", "5", "6"}
+    for pid in range(2, 7):
+        assert sdir.read_one(pid, 1) is None and sdir.find(pid) is None
+
+
+def test_nothing_a_reader_refuses_is_written(collector: GCCollector, tmp_path: Path) -> None:
+    sdir = StatsDir.create(str(tmp_path / "stats"))
+    record = collector.record("worker", 1)
+    broken = record._replace(started=math.nan)
+    with pytest.raises(ValueError):
+        sdir.publish(broken)
+    errors: list[str] = []
+    Publisher(sdir, lambda: broken, on_error=errors.append).publish()
+    assert len(errors) == 1 and "ValueError" in errors[0]
+    assert os.listdir(sdir.path) == [TRIGGER_NAME]  # not even a temporary file
+
+
+def test_write_private_replaces_what_is_planted(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("theirs")
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    (d / "name").symlink_to(target)
+    fd = files.open_dir(str(d))
+    try:
+        files.write_private(fd, "name", b"ours")
+    finally:
+        os.close(fd)
+    assert target.read_text() == "theirs" and (d / "name").read_bytes() == b"ours"
+    assert os.listdir(d) == ["name"] and mode(d / "name") == 0o600
+
+
+# Any JSON value a user could put in a file: a reader says ValueError, nothing else.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                 max_size=6),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values, path=st.sampled_from([p for p, _ in BAD_FIELDS] + ["gc", "extra"]))
+def test_any_json_in_any_field_is_a_record_or_a_value_error(value: object, path: str) -> None:
+    good = GCCollector().record("worker", 1).to_json()
+    try:
+        record = StatsRecord.from_json(_with(good, path, value))
+    except ValueError:
+        return
+    except (KeyError, IndexError, TypeError):  # the path itself is gone from the copy
+        return
+    # Accepted: then it must be writable again and read back the same.
+    assert StatsRecord.loads(record.dumps()) == record
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_are_a_record_or_a_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        StatsRecord.loads(data)
 
 
 def test_prune_removes_records_of_dead_processes(collector: GCCollector, tmp_path: Path) -> None:
@@ -184,3 +425,20 @@ def test_publisher_publishes_periodically_and_reports_errors_once(
     broken.publish()
     broken.publish()
     assert len(errors) == 1 and "missing" in errors[0]
+
+
+def test_a_runtime_directory_is_never_chmodded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "gcfork").mkdir(mode=0o755)
+    os.chmod(tmp_path / "gcfork", 0o755)
+    try:
+        path = advertise(123, 789, "/some/stats")
+        assert not path.startswith(str(tmp_path))  # the next candidate took it
+        assert advertised(123, 789) == "/some/stats"
+    except StatsDirError as exc:
+        assert "mode 0755" in str(exc)
+    finally:
+        withdraw(123, 789)
+    assert mode(tmp_path / "gcfork") == 0o755

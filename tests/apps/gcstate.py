@@ -2,7 +2,9 @@
 
 Endpoints:
     /gc?sleep=S   the worker's pid, ppid and GC state (after sleeping S seconds,
-                  so that concurrent requests spread over the workers)
+                  so that concurrent requests spread over the workers), whether
+                  the GC was on at import, and whether the master froze right
+                  before this worker's fork (see FORK_MARKERS)
     /fork         forks a child the way multiprocessing does and reports the GC
                   state of both sides, to show that gcfork leaves it alone
     /cycles?n=N   makes N reference cycles (garbage for the collector)
@@ -19,6 +21,15 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable
 from urllib.parse import parse_qs
+
+# Whether the collector was on while the app was imported: with preload, gcfork
+# turned it off in the master before gunicorn imported this module.
+ENABLED_AT_IMPORT = gc.isenabled()
+
+# Objects the master makes right before each fork (a test's pre_fork hook
+# appends one): the newest one a worker inherited was made just before its own
+# fork, so it is frozen only if the master froze right before that fork.
+FORK_MARKERS: list[object] = []
 
 # A little heap for the master to share, as a real app would have.
 REFERENCE = {f"key{i}": {"id": i, "tags": [str(i)] * 3} for i in range(20_000)}
@@ -44,7 +55,18 @@ def _state() -> dict[str, Any]:
         "enabled": gc.isenabled(),
         "thresholds": list(gc.get_threshold()),
         "freeze_count": gc.get_freeze_count(),
+        "enabled_at_import": ENABLED_AT_IMPORT,
+        "own_fork_marker_frozen": _newest_marker_frozen(),
     }
+
+
+def _newest_marker_frozen() -> bool | None:
+    if not FORK_MARKERS:
+        return None
+    marker = FORK_MARKERS[-1]
+    # gc.get_objects() lists the young generations only, never the permanent
+    # one that gc.freeze() fills; the worker's are small, so this is cheap.
+    return gc.is_tracked(marker) and not any(o is marker for o in gc.get_objects())
 
 
 def _fork_report() -> dict[str, Any]:

@@ -1,0 +1,367 @@
+"""GC statistics records: what one process publishes, and how it is counted.
+
+A record (:class:`StatsRecord`) is one small JSON file of the stats directory
+(:mod:`gcfork.stats`). Every field is checked when read back: a record
+written by the same user, by mistake or not, must not crash a reader (the
+master's hooks, ``gcfork report``), so its JSON is parsed strictly (no
+``NaN``, no deep nesting) and every field is typed and bounded.
+:class:`GCCollector` counts the calling process's collections and makes its
+record; :class:`Publisher` is the daemon thread that writes it (in a worker,
+from ``post_fork``). Standard library and psutil only.
+
+.. versionadded:: 0.3
+   Split from :mod:`gcfork.stats`, which re-exports every name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import psutil
+
+from gcfork import files
+from gcfork.memory import process_start
+
+if TYPE_CHECKING:
+    from gcfork.stats import StatsDir
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "PUBLISH_INTERVAL",
+    "ROLES",
+    "SCHEMA_VERSION",
+    "GCCollector",
+    "GenStats",
+    "Publisher",
+    "StatsRecord",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the record format; a reader ignores records of another version."""
+
+MAX_RECORD_BYTES = 16 * 1024
+"""A record is a few hundred bytes; anything over this bound is not ours."""
+
+PUBLISH_INTERVAL = 2.0
+"""Seconds between two records of one worker."""
+
+ROLES = ("worker", "master")
+"""The roles a record may have."""
+
+_PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
+_COUNT_MAX = (1 << 63) - 1
+
+
+class GenStats(NamedTuple):
+    """What one generation's collections did in one process."""
+
+    collections: int
+    collected: int
+    uncollectable: int
+    pause_total: float  # seconds
+    pause_max: float  # seconds
+
+
+class StatsRecord(NamedTuple):
+    """One process's published statistics (one file of the stats directory)."""
+
+    role: str  # one of ROLES
+    pid: int
+    start: int  # memory.process_start(pid)
+    started: float  # creation time, seconds since the epoch
+    written: float  # seconds since the epoch
+    requests: int | None  # requests served; None for the master
+    gc_enabled: bool
+    thresholds: tuple[int, ...]
+    freeze_count: int
+    generations: tuple[GenStats, ...]
+    final: bool = False  # written by the process as it exits
+    uss_at_exit: int | None = None  # bytes, measured by the process as it exits
+    dirty_arbiter_pid: int | None = None  # master only: gunicorn's dirty arbiter
+
+    @property
+    def collections(self) -> int:
+        """Collections of every generation."""
+        return sum(g.collections for g in self.generations)
+
+    @property
+    def pause_max(self) -> float:
+        """The longest pause of any generation, in seconds."""
+        return max((g.pause_max for g in self.generations), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to its file, with the schema version."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "role": self.role,
+            "pid": self.pid,
+            "start": self.start,
+            "started": self.started,
+            "written": self.written,
+            "requests": self.requests,
+            "gc": {
+                "enabled": self.gc_enabled,
+                "thresholds": list(self.thresholds),
+                "freeze_count": self.freeze_count,
+                "generations": [g._asdict() for g in self.generations],
+            },
+            "final": self.final,
+            "uss_at_exit": self.uss_at_exit,
+            "dirty_arbiter_pid": self.dirty_arbiter_pid,
+        }
+
+    def dumps(self) -> bytes:
+        """The file's bytes.
+
+        Raises:
+            ValueError: a float is not finite, or the record is over
+                :data:`MAX_RECORD_BYTES`; nothing a reader would refuse is written.
+
+        .. versionadded:: 0.3
+        """
+        data = json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
+        return data
+
+    @classmethod
+    def loads(cls, data: bytes) -> StatsRecord:
+        """Parse a record file's bytes (strict JSON, then :meth:`from_json`).
+
+        Raises:
+            ValueError: why it is not a valid record, in words.
+
+        .. versionadded:: 0.3
+        """
+        try:
+            return cls.from_json(files.loads_strict(data))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg})") from None
+
+    @classmethod
+    def from_json(cls, obj: object) -> StatsRecord:
+        """Parse a record read from a file; every field is checked for type
+        and range (pids in the kernel's range, counts >= 0, floats finite).
+
+        Raises:
+            ValueError: not a valid record of this schema version, in words.
+
+        .. versionchanged:: 0.3
+           Strict types and bounds.
+        """
+        top = _dict(obj, "record")
+        schema = top.get("schema")
+        if isinstance(schema, bool) or schema != SCHEMA_VERSION:
+            raise ValueError(f"schema {schema!r:.40}, this gcfork reads {SCHEMA_VERSION}")
+        try:
+            role = top["role"]
+            if role not in ROLES:
+                raise ValueError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+            gc_part = _dict(top["gc"], "gc")
+            gens = tuple(
+                GenStats(_int(g["collections"], "collections"), _int(g["collected"], "collected"),
+                         _int(g["uncollectable"], "uncollectable"),
+                         _float(g["pause_total"], "pause_total"),
+                         _float(g["pause_max"], "pause_max"))
+                for g in (_dict(g, "generation")
+                          for g in _list(gc_part["generations"], "generations"))
+            )
+            return cls(
+                role=str(role),
+                pid=_int(top["pid"], "pid", 1, _PID_MAX),
+                start=_int(top["start"], "start"),
+                started=_float(top["started"], "started"),
+                written=_float(top["written"], "written"),
+                requests=_opt_int(top["requests"], "requests"),
+                gc_enabled=_bool(gc_part["enabled"], "gc.enabled"),
+                thresholds=tuple(_int(t, "threshold")
+                                 for t in _list(gc_part["thresholds"], "thresholds")),
+                freeze_count=_int(gc_part["freeze_count"], "freeze_count"),
+                generations=gens,
+                final=_bool(top.get("final", False), "final"),
+                uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
+                dirty_arbiter_pid=_opt_int(top.get("dirty_arbiter_pid"), "dirty_arbiter_pid",
+                                           _PID_MAX),
+            )
+        except KeyError as exc:
+            raise ValueError(f"malformed record (no {exc})") from None
+
+
+def _dict(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return value
+
+
+def _list(value: object, name: str) -> list[Any]:
+    # One entry per generation: CPython has 3 (2 since 3.14's incremental GC).
+    if not isinstance(value, list) or not 1 <= len(value) <= 3:
+        raise ValueError(f"{name} is not a list of 1 to 3 entries")
+    return value
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} is not true or false")
+    return value
+
+
+def _int(value: object, name: str, low: int = 0, high: int = _COUNT_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} is not an integer")
+    if not low <= value <= high:
+        raise ValueError(f"{name} is out of range [{low}, {high}]")
+    return value
+
+
+def _opt_int(value: object, name: str, high: int = _COUNT_MAX) -> int | None:
+    return None if value is None else _int(value, name, 0, high)
+
+
+def _float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} is not a finite number >= 0")
+    return number
+
+
+# -- counting collections -------------------------------------------------------
+
+
+class GCCollector:
+    """Counts the calling process's collections through :data:`gc.callbacks`.
+
+    The callback does a few additions per collection and nothing else. A
+    forked child inherits the installed collector with the parent's counts:
+    it calls :meth:`reset` first.
+    """
+
+    __slots__ = ("_gens", "_ident", "_t0")
+
+    def __init__(self) -> None:
+        self._gens: list[list[float]] = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
+        self._t0 = 0.0
+        self._ident: tuple[int, int, float] = (0, 0, 0.0)  # pid, start, started
+
+    def install(self) -> None:
+        """Start counting in this process; idempotent."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        """Stop counting."""
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+    def reset(self) -> None:
+        """Forget every count (in a child right after the fork)."""
+        self._gens = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
+
+    def _callback(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._t0
+        gen = self._gens[min(max(info.get("generation", 0), 0), 2)]
+        gen[0] += 1
+        gen[1] += info.get("collected", 0)
+        gen[2] += info.get("uncollectable", 0)
+        gen[3] += pause
+        if pause > gen[4]:
+            gen[4] = pause
+
+    def snapshot(self) -> tuple[GenStats, ...]:
+        """The counts now, one entry per generation."""
+        # tuple() copies each generation at once: the callback may run meanwhile.
+        return tuple(GenStats(int(c), int(n), int(u), t, m)
+                     for c, n, u, t, m in (tuple(g) for g in self._gens))
+
+    def _identity(self) -> tuple[int, int, float]:
+        # Read once per process; a forked child has a new pid, so reads its own.
+        pid = os.getpid()
+        if self._ident[0] != pid:
+            self._ident = (pid, process_start(pid) or 0, psutil.Process(pid).create_time())
+        return self._ident
+
+    def record(self, role: str, requests: int | None, **extra: Any) -> StatsRecord:
+        """A record of the calling process's GC state and counts now.
+
+        Args:
+            role: ``worker`` or ``master``.
+            requests: requests served so far; None for a master.
+            **extra: ``final``, ``uss_at_exit``, ``dirty_arbiter_pid``.
+        """
+        pid, start, started = self._identity()
+        return StatsRecord(
+            role=role, pid=pid, start=start, started=started, written=time.time(),
+            requests=requests, gc_enabled=gc.isenabled(), thresholds=gc.get_threshold(),
+            freeze_count=gc.get_freeze_count(), generations=self.snapshot(), **extra,
+        )
+
+
+# -- the publishing thread ------------------------------------------------------
+
+
+class Publisher:
+    """A daemon thread that publishes a record every ``interval`` seconds.
+
+    Args:
+        stats_dir: where to publish.
+        build: makes the record; called in the thread, never on a request path.
+        interval: seconds between two records.
+        on_error: told once, in words, if publishing fails; the thread carries on.
+    """
+
+    __slots__ = ("_build", "_dir", "_error_told", "_interval", "_on_error", "_stop", "_thread")
+
+    def __init__(
+        self,
+        stats_dir: StatsDir,
+        build: Callable[[], StatsRecord],
+        interval: float = PUBLISH_INTERVAL,
+        on_error: Callable[[str], object] | None = None,
+    ) -> None:
+        self._dir = stats_dir
+        self._build = build
+        self._interval = interval
+        self._on_error = on_error
+        self._error_told = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Publish now, then every ``interval`` seconds, from a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="gcfork-publisher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.publish()
+            if self._stop.wait(self._interval):
+                return
+
+    def publish(self, record: StatsRecord | None = None) -> None:
+        """Publish ``record`` (a fresh one when None) now; never raises."""
+        try:
+            self._dir.publish(record or self._build())
+        except Exception as exc:  # the process must not die of its statistics
+            if not self._error_told and self._on_error is not None:
+                self._error_told = True
+                self._on_error(f"cannot publish GC statistics to {self._dir.path}: {exc!r}")
+
+    def stop(self) -> None:
+        """Stop the thread (it is a daemon: exiting without this is fine)."""
+        self._stop.set()

@@ -1,0 +1,260 @@
+"""Turn a :class:`~gcfork.report.Report` into text: one renderer class per format.
+
+Renderers are slotted classes configured in ``__init__`` that turn a report
+into text in ``__call__``: :class:`TableRenderer` (for a person),
+:class:`JSONRenderer` (the versioned schema in ``gcfork/report.schema.json``,
+always valid JSON) and :class:`LogLineRenderer` (one line for gunicorn's log);
+:func:`worker_exit_line` is the master's line about a worker that exited.
+
+Every figure may come from a record another process wrote, so none of the
+formatters may raise on one: a value that is not finite or is absurdly large
+is shown as ``-`` (null in JSON). :mod:`gcfork.report` re-exports all of this.
+
+.. versionadded:: 0.3
+   Split from :mod:`gcfork.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gcfork.stats import StatsRecord
+
+if TYPE_CHECKING:  # gcfork.report imports this module: no import cycle at run time
+    from gcfork.report import ProcessRow, Report
+
+__all__ = [
+    "JSONRenderer",
+    "LogLineRenderer",
+    "TableRenderer",
+    "format_age",
+    "format_bytes",
+    "json_safe",
+    "plural",
+    "worker_exit_line",
+]
+
+_MIB = 1024 * 1024
+
+# Figures can come from a record another process wrote (a bug, a tamperer):
+# beyond these bounds, or not finite, they are shown as "-" instead of
+# overflowing (int(inf)) or hitting the int-to-str digit limit (3.11+).
+_MAX_BYTES = 2**63
+_MAX_SECONDS = 1000 * 365 * 86400.0
+_MAX_COUNT = 10**18
+
+
+def _finite(value: float | None, bound: float) -> float | None:
+    """``value`` as a float if it is finite and within ``bound``, else None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) and abs(number) <= bound else None
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 worker``, ``2 workers``; ``many`` for an irregular plural."""
+    count = _count(n)
+    return f"{count} {word if n == 1 else many or word + 's'}"
+
+
+def _count(n: int | None) -> str:
+    if n is None or isinstance(n, bool) or not isinstance(n, int) or abs(n) > _MAX_COUNT:
+        return "-"
+    return str(n)
+
+
+def format_bytes(n: float | None, unit: str = "MiB") -> str:
+    """``n`` bytes in ``unit`` (MiB or MB) with one decimal; ``-`` for None or
+    a figure that is not finite or beyond 2**63."""
+    value = _finite(n, _MAX_BYTES)
+    if value is None:
+        return "-"
+    divisor = _MIB if unit == "MiB" else 1_000_000
+    return f"{value / divisor:.1f} {unit}"
+
+
+def format_age(seconds: float | None) -> str:
+    """A duration in the two largest units: ``45s``, ``5m02s``, ``3h04m``, ``2d03h``;
+    ``-`` for None, a negative or non-finite value, or beyond 1000 years."""
+    value = _finite(seconds, _MAX_SECONDS)
+    if value is None or value < 0:
+        return "-"
+    s = int(value)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _ms(seconds: float | None) -> str:
+    value = _finite(seconds, _MAX_SECONDS)
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _pct(value: float | None) -> str:
+    clean = _finite(value, 1e6)
+    return "-" if clean is None else f"{clean:.0f} %"
+
+
+class TableRenderer:
+    """A table a person reads in seconds: one row per process, then the totals
+    and one sentence with the savings.
+
+    Args:
+        unit: ``MiB`` (default) or ``MB``.
+    """
+
+    __slots__ = ("_unit",)
+
+    _HEAD = ("ROLE", "PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "MAX PAUSE")
+
+    def __init__(self, unit: str = "MiB") -> None:
+        if unit not in ("MiB", "MB"):
+            raise ValueError(f"unit must be 'MiB' or 'MB', not {unit!r}")
+        self._unit = unit
+
+    def _size(self, n: int | float | None) -> str:
+        return format_bytes(n, self._unit)
+
+    def _row(self, row: ProcessRow, now: float) -> list[str]:
+        m, s = row.memory, row.stats
+        gc_cell = "-" if s is None else _count(s.collections) + ("" if s.gc_enabled else " (off)")
+        return [
+            row.role, str(m.pid), format_age(row.age(now)), _count(row.requests),
+            self._size(m.rss), self._size(m.pss), self._size(m.uss), _pct(m.shared_percent),
+            gc_cell, "-" if s is None or not s.collections else _ms(s.pause_max),
+            m.problem or "",
+        ]
+
+    def __call__(self, report: Report) -> str:
+        t = report.totals
+        master_gc = {True: "on", False: "off", None: "unknown"}[report.master_gc_enabled]
+        lines = [
+            f"gunicorn master {report.master_pid}: {plural(t.workers, 'worker')}, "
+            f"{plural(len(report.rows), 'process', 'processes')}, master GC {master_gc}  "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.taken))})",
+            "",
+        ]
+        table = [[*self._HEAD, ""]]
+        table += [self._row(r, report.taken) for r in report.rows]
+        table.append(["TOTAL", "", "", _sum_requests(report), self._size(t.sum_rss),
+                      self._size(t.sum_pss), self._size(t.sum_uss), "", "", "", ""])
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        left = {0, 10}
+        for i, cells in enumerate(table):
+            if i == len(table) - 1:
+                lines.append("  ".join("-" * w for w in widths[:-1]))
+            lines.append("  ".join(c.ljust(w) if j in left else c.rjust(w)
+                                   for j, (c, w) in enumerate(zip(cells, widths))).rstrip())
+        lines += ["", report.summary() + "."]
+        if t.mean_worker_uss is not None and t.mean_worker_shared_percent is not None:
+            lines.append(f"mean worker: {self._size(t.mean_worker_uss)} private, "
+                         f"{t.mean_worker_shared_percent:.0f} % of its RSS shared.")
+        lines += [f"note: {n}" for n in report.notes]
+        return "\n".join(lines)
+
+
+def _sum_requests(report: Report) -> str:
+    counts = [r.requests for r in report.workers if r.requests is not None]
+    return _count(sum(counts)) if counts else "-"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every figure JSON cannot carry replaced by None: NaN and
+    the infinities (``json.dumps`` would write the non-JSON ``NaN``), and ints
+    beyond 2**63 (no reader keeps them; past 4,300 digits ``str`` refuses them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if abs(value) <= _MAX_BYTES else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class JSONRenderer:
+    """The report as JSON (``Report.to_dict``), always valid JSON: a figure
+    that is not finite (from a record written by another process) is null.
+
+    Args:
+        indent: passed to the serializer; None for one line.
+        serializer: turns the object into text; :func:`json.dumps` (with
+            ``allow_nan=False``) by default.
+
+    .. versionchanged:: 0.3
+       Non-finite figures are null instead of ``NaN``/``Infinity``.
+    """
+
+    __slots__ = ("_dumps", "_indent")
+
+    def __init__(self, indent: int | None = 2,
+                 serializer: Callable[..., str] | None = None) -> None:
+        self._indent = indent
+        self._dumps = serializer
+
+    def __call__(self, report: Report) -> str:
+        document = json_safe(report.to_dict())
+        if self._dumps is None:
+            return json.dumps(document, indent=self._indent, allow_nan=False)
+        return self._dumps(document, indent=self._indent)
+
+
+class LogLineRenderer:
+    """One compact line for the master's log.
+
+    Args:
+        prefix: put before the figures.
+    """
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, prefix: str = "gcfork: memory: ") -> None:
+        self._prefix = prefix
+
+    def __call__(self, report: Report) -> str:
+        t = report.totals
+        parts = [plural(t.workers, "worker"), f"sum RSS {format_bytes(t.sum_rss)}",
+                 f"sum PSS {format_bytes(t.sum_pss)}",
+                 f"savings {_pct(t.savings_percent)}",
+                 f"mean worker shared {_pct(t.mean_worker_shared_percent)}"]
+        if t.unmeasured:
+            parts.append(f"{t.unmeasured} not measured")
+        return self._prefix + ", ".join(parts)
+
+
+def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
+                     private: int | None) -> str:
+    """The master's line about a worker that exited.
+
+    Args:
+        pid: the worker.
+        record: its last published record, if any.
+        age: seconds it ran, if known.
+        private: its USS in bytes at exit, if known.
+    """
+    if record is None:
+        gc_part = "no GC statistics published"
+    elif not record.collections:
+        gc_part = "0 GC collections"
+    else:
+        gc_part = (f"{plural(record.collections, 'GC collection')}, "
+                   f"max pause {_ms(record.pause_max)}")
+    if record is None or record.requests is None:
+        requests = "- requests"
+    else:
+        requests = plural(record.requests, "request")
+    return (f"gcfork: worker {pid} exited: age {format_age(age)}, {requests}, "
+            f"{format_bytes(private)} private at exit, {gc_part}")
