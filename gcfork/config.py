@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 from gcfork import immortal
-from gcfork.exceptions import ConfigError
+from gcfork.exceptions import ConfigError, short_repr
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
 from gcfork.warmup import WarmupSetting
 
@@ -124,7 +124,7 @@ def _threshold_tuple(value: object) -> Thresholds:
     for item in value:
         # bool is an int subclass, but True as a threshold is always a mistake.
         if not isinstance(item, int) or isinstance(item, bool):
-            raise TypeError(f"{item!r} is not an int")
+            raise TypeError(f"{short_repr(item)} is not an int")
         if item < 0:
             raise ValueError(f"{item} is negative")
     thresholds = tuple(value)
@@ -178,11 +178,13 @@ def _thresholds(value: object) -> ThresholdsSetting:
         try:
             result = value(probe)
         except Exception as exc:
-            raise ValueError(f"calling it with {probe} raised {exc!r}") from exc
+            raise ValueError(f"calling it with {probe} raised {short_repr(exc)}") from exc
         try:
             _threshold_tuple(result)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"called with {probe} it returned {result!r}: {exc}") from exc
+            raise ValueError(
+                f"called with {probe} it returned {short_repr(result)}: {exc}"
+            ) from exc
         fn: Callable[[WorkerInfo], Thresholds] = value
         return fn
     return _threshold_tuple(value)
@@ -238,6 +240,10 @@ def _optional_dir(value: object) -> str | None:
         raise ValueError("empty path")
     if "\0" in path:
         raise ValueError("the path holds a NUL byte")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValueError("the path cannot be encoded for the file system") from None
     if not os.path.isabs(path):
         raise ValueError("the path must be absolute: workers may change directory")
     return path
@@ -258,16 +264,16 @@ def _warmup(value: object) -> WarmupSetting | None:
         return fn
     if isinstance(value, (str, bytes)):
         # A bare string is a sequence of one-letter "paths": always a mistake.
-        raise TypeError(f"a single string; give a list of paths, e.g. [{value!r}]")
+        raise TypeError(f"a single string; give a list of paths, e.g. [{short_repr(value)}]")
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"expected a list of paths, got {type(value).__name__}")
     if not value:
         raise ValueError("no paths; None turns warm-up off")
     for path in value:
         if not isinstance(path, str):
-            raise TypeError(f"{path!r} is not a str")
+            raise TypeError(f"{short_repr(path)} is not a str")
         if not path.startswith("/"):
-            raise ValueError(f"{path!r} does not start with '/'")
+            raise ValueError(f"{short_repr(path)} does not start with '/'")
     return tuple(value)
 
 
@@ -400,10 +406,15 @@ STATS_DIR: Setting[Any] = Setting(
     env_syntax="an absolute path; empty for a new private directory",
     doc="""\
 Directory where workers publish their GC statistics for the master and
-``gcfork report``. ``None`` creates a fresh directory under the system's
-temporary directory when the master starts. Either way the master makes it
-mode 0700 and refuses one that is a symlink or belongs to another user; files in
-it are mode 0600.""",
+``gcfork report``. ``None`` makes a fresh private directory under the system's
+temporary directory, removed at exit. A path that does not exist is created
+mode 0700 for the workers' user (gunicorn's ``user``/``group``) and kept at
+exit; an existing directory is used as it is only if it belongs to that user
+and is mode 0700. In any other directory (a shared one such as ``/tmp``, one
+writable by others, another user's) gcfork makes a private ``gcfork-stats-*``
+subdirectory and removes it at exit. gcfork never changes the mode or owner of
+a directory it did not create, refuses a symlink, and works through a
+descriptor opened once; files in it are mode 0600.""",
 )
 
 WARMUP: Setting[WarmupSetting | None] = Setting(

@@ -33,14 +33,15 @@ its own may be copied by profiling it, no more.
 
 How it is triggered: gunicorn reserves its signals in workers (``USR1``
 reopens logs; ``USR2`` is reset to its default action, which kills the
-worker), so :func:`start_trigger` starts a daemon thread in the worker that
-polls a directory (``0700``, owned by the worker's user) every second for
-``explain-<pid>.request``. ``gcfork explain --pid PID`` (:func:`explain_main`)
-creates that file, waits for ``explain-<pid>.json`` (written ``0600``) and
-prints :func:`render_explain`. The gunicorn adapter calls
-``start_trigger(trigger_dir(stats_dir))`` in ``post_fork``: the directory is
-hidden inside the server's private stats directory, so ``gcfork explain``
-finds it from the worker's pid the way ``gcfork report`` finds the stats
+worker), so a worker looks now and then for ``explain-<pid>.request`` in a
+directory (``0700``, owned by the worker's user): :mod:`gcfork.trigger`.
+``gcfork explain --pid PID`` (:func:`explain_main`) creates that file, waits
+for ``explain-<pid>.json`` (written ``0600``) and prints
+:func:`render_explain`. The gunicorn adapter polls from the thread that
+publishes the worker's statistics; other servers may call
+:func:`start_trigger`, a thread of its own. The directory is hidden inside
+the server's private stats directory, so ``gcfork explain`` finds it from the
+worker's pid the way ``gcfork report`` finds the stats
 (:func:`trigger_dir_of`), and it goes away with the stats directory.
 
 Module attribution: modules, functions, classes and code objects name their
@@ -74,6 +75,7 @@ from gcfork import files
 from gcfork.exceptions import CowProfileError, StatsDirError
 from gcfork.memory import process_start
 from gcfork.stats import TRIGGER_NAME, StatsDir, advertised
+from gcfork.trigger import ExplainTrigger, request_names
 
 __all__ = [
     "CowProfile",
@@ -673,11 +675,6 @@ def _private_dir(directory: str | StatsDir) -> int:
     return fd
 
 
-def _paths(pid: int) -> tuple[str, str]:
-    base = f"explain-{pid}"
-    return base + ".request", base + ".json"
-
-
 def start_trigger(directory: str | StatsDir, interval: float = 1.0) -> threading.Thread:
     """Worker, in ``post_fork``: start the daemon thread that profiles this
     worker when ``gcfork explain --pid PID`` asks.
@@ -703,40 +700,21 @@ def start_trigger(directory: str | StatsDir, interval: float = 1.0) -> threading
     .. versionchanged:: 0.3
        Accepts a :class:`~gcfork.stats.StatsDir`; works through a descriptor.
     """
-    fd = _private_dir(directory)
+    trigger = ExplainTrigger(_private_dir(directory))
     thread = threading.Thread(
-        target=_serve, args=(fd, interval), name="gcfork-explain", daemon=True
+        target=_serve, args=(trigger, interval), name="gcfork-explain", daemon=True
     )
     thread.start()
     return thread
 
 
-def _serve(dir_fd: int, interval: float) -> None:
+def _serve(trigger: ExplainTrigger, interval: float) -> None:
     # A daemon thread of the worker; under gunicorn's ``user`` it runs as that
     # user from the setuid on (glibc applies it to every thread).
     pid = os.getpid()
-    request, result = _paths(pid)
-    while True:
+    while os.getpid() == pid:  # a fork of the worker inherits no thread, but be sure
         time.sleep(interval)
-        if os.getpid() != pid:  # a fork of the worker inherited no thread, but be sure
-            return
-        try:
-            info = os.stat(request, dir_fd=dir_fd, follow_symlinks=False)
-            os.unlink(request, dir_fd=dir_fd)
-            # Root may ask too: `gcfork explain` run by root for a dropped worker.
-            if info.st_uid not in (os.getuid(), os.fstat(dir_fd).st_uid, 0):
-                continue
-        except OSError:
-            continue
-        try:
-            write_profile(profile_self(), result, dir_fd=dir_fd)
-        except Exception as exc:
-            _write_error(dir_fd, result, pid, exc)
-
-
-def _write_error(dir_fd: int, name: str, pid: int, exc: BaseException) -> None:
-    with contextlib.suppress(OSError):
-        files.write_private(dir_fd, name, json.dumps({"error": str(exc), "pid": pid}).encode())
+        trigger.poll()
 
 
 def request_profile(pid: int, directory: str | None = None, timeout: float = 60.0) -> CowProfile:
@@ -783,7 +761,7 @@ def _ask(pid: int, where: str, dir_fd: int, timeout: float) -> CowProfile:
         raise CowProfileError(pid, f"refusing directory {where}: uid {info.st_uid}, mode "
                               f"{stat.S_IMODE(info.st_mode):04o}; others could plant answers")
     owners = {os.geteuid(), info.st_uid}
-    request, result = _paths(pid)
+    request, result = request_names(pid)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result, dir_fd=dir_fd)
     files.write_private(dir_fd, request, b"")

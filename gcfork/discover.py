@@ -26,8 +26,7 @@ import os
 from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
-import psutil
-
+from gcfork import procfs
 from gcfork.exceptions import DiscoveryError, StatsDirError
 from gcfork.memory import process_start
 from gcfork.stats import StatsDir, StatsRecord, advertised, runtime_dirs
@@ -72,6 +71,10 @@ class Member(NamedTuple):
 
 
 def _cmdline(pid: int) -> str:
+    # psutil is imported only by the functions that `gcfork report` runs to
+    # find masters, never by what a server's master runs (see gcfork.procfs).
+    import psutil
+
     try:
         return " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
@@ -79,6 +82,8 @@ def _cmdline(pid: int) -> str:
 
 
 def _name(pid: int) -> str:
+    import psutil
+
     try:
         return psutil.Process(pid).name()
     except psutil.Error:
@@ -148,6 +153,8 @@ def _master_record(master: Master) -> StatsRecord | None:
 
 def _ancestors(pid: int) -> list[int]:
     """``pid``'s parent, grandparent, ... up to pid 1, nearest first."""
+    import psutil
+
     chain: list[int] = []
     try:
         proc = psutil.Process(pid)
@@ -182,6 +189,8 @@ def _what_it_is(pid: int, masters: Sequence[Master]) -> str:
     if children:
         return (f"{label} is not a gcfork master; it started gcfork master "
                 f"{children[0].pid} (a wrapper?): run gcfork report --pid {children[0].pid}")
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         uid = proc.uids().real
@@ -290,16 +299,9 @@ def classify(
     Returns:
         The members; an empty list if the master is gone.
     """
-    try:
-        descendants = psutil.Process(master_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+    if process_start(master_pid) is None:
         return []
-    parent_of: dict[int, int] = {}
-    for proc in descendants:
-        try:
-            parent_of[proc.pid] = proc.ppid()
-        except psutil.NoSuchProcess:
-            continue
+    parent_of = procfs.descendants(master_pid)
     roles: dict[int, str] = {}
     for pid, ppid in parent_of.items():
         if ppid != master_pid:

@@ -24,7 +24,6 @@ import errno
 import json
 import math
 import os
-import secrets
 import stat
 from collections.abc import Collection
 
@@ -101,7 +100,7 @@ def write_private(dir_fd: int, name: str, data: bytes) -> None:
     """
     # A fresh random name with O_EXCL: nothing planted there can be followed,
     # and rename() replaces a symlink at the final name instead of following it.
-    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    tmp = f".{name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:

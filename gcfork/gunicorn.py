@@ -50,7 +50,7 @@ import traceback
 from collections.abc import MutableMapping
 from typing import Any, Callable
 
-from gcfork import actions, cowprof, fastexit, immortal, memory, warmup
+from gcfork import actions, fastexit, immortal, memory, warmup
 from gcfork.exceptions import (
     ConfigError,
     ImmortalizeUnsupported,
@@ -62,6 +62,7 @@ from gcfork.exceptions import (
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
 from gcfork.stats import (
+    TRIGGER_NAME,
     GCCollector,
     Publisher,
     StatsDir,
@@ -69,6 +70,7 @@ from gcfork.stats import (
     advertise,
     withdraw,
 )
+from gcfork.trigger import ExplainTrigger
 from gcfork.typing import Thresholds, WorkerInfo
 
 __all__ = ["install", "is_installed"]
@@ -359,7 +361,6 @@ class _Adapter:
         finally:
             # After the GC is set up, so that the first record shows it on.
             self._start_publishing(worker)
-            self._start_explain_trigger(worker)
 
     def _post_fork_gc(self, server: Any, worker: Any) -> None:
         if not self.policy.changes_gc:
@@ -391,20 +392,21 @@ class _Adapter:
             self.publisher = Publisher(
                 self.stats, lambda: self.collector.record("worker", worker.nr),
                 on_error=lambda msg: worker.log.warning("gcfork: %s", msg),
+                also=self._explain_trigger(self.stats, worker),
             )
             self.publisher.start()
         except Exception:
             worker.log.exception("gcfork: cannot publish GC statistics; serving without them")
 
-    def _start_explain_trigger(self, worker: Any) -> None:
+    @staticmethod
+    def _explain_trigger(stats: StatsDir, worker: Any) -> Callable[[], object] | None:
         # In the stats directory, so `gcfork explain` finds it as `gcfork report`
-        # finds the stats; a thread that looks for a file once a second.
-        if self.stats is None:
-            return
+        # finds the stats; polled by the publishing thread (gcfork.trigger).
         try:
-            cowprof.start_trigger(cowprof.trigger_dir(self.stats.path))
+            return ExplainTrigger(stats.subdir(TRIGGER_NAME)).poll
         except Exception as exc:
             worker.log.warning("gcfork: `gcfork explain` cannot profile this worker: %s", exc)
+            return None
 
     def worker_exit(self, server: Any, worker: Any) -> None:
         # gunicorn also calls this hook in the master for a worker it found gone.

@@ -3,7 +3,7 @@
 This module knows nothing of gunicorn: it measures pids and adds up rows that
 carry a role chosen by the caller.
 
-Figures come from psutil's ``memory_full_info()``, which on Linux reads
+Figures come from :mod:`gcfork.procfs`, which on Linux reads
 ``/proc/PID/statm`` (RSS) and ``/proc/PID/smaps_rollup`` (PSS, USS, swap):
 
 - RSS: resident pages of the process, shared or not;
@@ -16,13 +16,12 @@ What a sample costs: the kernel walks the process's page tables to write
 ``smaps_rollup`` (about 0.7 ms for a 45 MiB Python worker on a 2-core VM),
 with the GIL released. Around it a sample reads ``/proc/PID/stat`` once before
 (identity and zombie state) and once after (the pid not reused meanwhile),
-psutil reads it once more to build its ``Process`` and reads ``statm``; the
-boot time that turns start ticks into epoch seconds is read once per
-:func:`sample_many` call, not once per process as ``create_time()`` would.
-All that adds about 12 % to the kernel's walk (``benchmarks/measure_vs_smem.py``).
+and reads ``statm``; the boot time that turns start ticks into epoch seconds is
+read once per :func:`sample_many` call, not once per process
+(``benchmarks/measure_vs_smem.py`` measures the overhead against the walk).
 
-psutil's errors are translated here, at the boundary, into a ``problem`` on the
-row: a process that exits while it is measured, one we may not read, or a
+The platform's errors are turned here, at the boundary, into a ``problem`` on
+the row: a process that exits while it is measured, one we may not read, or a
 platform without PSS gives a readable mark in its row, never an exception.
 
 .. versionadded:: 0.2
@@ -31,13 +30,11 @@ platform without PSS gives a readable mark in its row, never an exception.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import psutil
+from gcfork import procfs
 
 __all__ = [
     "DENIED",
@@ -58,13 +55,8 @@ EXITED = "exited"
 DENIED = "access denied"
 NO_PSS = "no PSS/USS on this platform"
 
-# Checked once at import, like psutil's HAS_* flags. Only Linux has PSS, and
-# only with smaps (CONFIG_PROC_PAGE_MONITOR): without it psutil's
-# memory_full_info() is memory_info(). macOS and Windows give USS alone.
-HAS_PSS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/self/smaps")
-
-_LINUX = sys.platform.startswith("linux")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100  # as psutil's CLOCK_TICKS
+HAS_PSS: bool = procfs.HAS_PSS
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if procfs.LINUX else 100
 
 
 class MemorySample(NamedTuple):
@@ -141,12 +133,8 @@ class ClusterTotals(NamedTuple):
 
 
 def process_start(pid: int) -> int | None:
-    """The start time of ``pid`` as an integer that never changes while it runs.
-
-    On Linux it is field 22 of ``/proc/PID/stat``: clock ticks since boot,
-    exact. psutil's ``create_time()`` adds the boot time from ``/proc/stat``,
-    which can move by a second when the clock is stepped, so two processes could
-    disagree on it. Elsewhere: ``create_time()`` in hundredths of a second.
+    """The start time of ``pid`` as an integer that never changes while it runs
+    (:func:`gcfork.procfs.start_time`: clock ticks since boot on Linux).
 
     Args:
         pid: the process.
@@ -154,30 +142,10 @@ def process_start(pid: int) -> int | None:
     Returns:
         The start time, or None if there is no such process.
     """
-    if _LINUX:
-        try:
-            return _stat(pid)[0]
-        except OSError:
-            return None
     try:
-        return round(psutil.Process(pid).create_time() * 100)
-    except psutil.Error:
+        return procfs.start_time(pid)
+    except OSError:
         return None
-
-
-def _stat(pid: int) -> tuple[int, bool]:
-    """Linux: ``pid``'s start time in clock ticks and whether it is a zombie,
-    from one read of ``/proc/PID/stat``.
-
-    Raises:
-        OSError: no such process (``FileNotFoundError``, ``ProcessLookupError``)
-            or not ours to read (``PermissionError``, ``hidepid=1``).
-    """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    # The command name (field 2) may contain spaces and parentheses.
-    fields = data[data.rindex(b")") + 2 :].split(None, 20)
-    return int(fields[19]), fields[0] in (b"Z", b"X")  # zombie or dead
 
 
 def _failed(pid: int, start: int | None, started: float | None, problem: str) -> MemorySample:
@@ -198,77 +166,55 @@ def sample(pid: int) -> MemorySample:
 
 
 def _boot_time() -> float | None:
-    """psutil's boot time (read from ``/proc/stat``), once per batch: the
-    Linux start times in clock ticks become epoch seconds from it, as
-    ``create_time()`` would give them for each process at the cost of one
-    read of ``/proc/stat`` per process. None elsewhere."""
-    if not _LINUX:
+    """The boot time, once per batch: on Linux the start times in clock ticks
+    become epoch seconds from it, as they would from one read of ``/proc/stat``
+    per process. None where it cannot be read, or is not needed."""
+    if not procfs.LINUX:
         return None
     try:
-        return psutil.boot_time()
-    except (OSError, RuntimeError):
+        return procfs.boot_time()
+    except OSError:
         return None
 
 
 def _sample(pid: int, boot: float | None) -> MemorySample:
     # Linux reads /proc/PID/stat once before (identity and zombie state) and
-    # once after (the pid not reused meanwhile); psutil reads it once more to
-    # build its Process, then smaps_rollup and statm for memory_full_info().
-    start: int | None = None
-    started: float | None = None
-    if _LINUX:
-        try:
-            start, zombie = _stat(pid)
-        except PermissionError:
-            return _failed(pid, None, None, DENIED)
-        except OSError:
-            return _failed(pid, None, None, EXITED)
-        started = None if boot is None else start / _CLOCK_TICKS + boot
-        if zombie:  # exited, not yet reaped: no memory left, not a zero row
-            return _failed(pid, start, started, EXITED)
-    else:
-        start = process_start(pid)
+    # once after (the pid not reused meanwhile), around statm and smaps_rollup.
     try:
-        proc = psutil.Process(pid)
-        if started is None:
-            started = proc.create_time()
-    except psutil.AccessDenied:
-        return _failed(pid, start, None, DENIED)
-    except psutil.NoSuchProcess:  # ZombieProcess too
-        return _failed(pid, start, None, EXITED)
+        if procfs.LINUX:
+            start, zombie, _ = procfs.stat(pid)
+            started = None if boot is None else start / _CLOCK_TICKS + boot
+            if zombie:  # exited, not yet reaped: no memory left, not a zero row
+                return _failed(pid, start, started, EXITED)
+        else:
+            start = procfs.start_time(pid)
+            started = procfs.create_time(pid)
+    except PermissionError:
+        return _failed(pid, None, None, DENIED)
+    except OSError:
+        return _failed(pid, None, None, EXITED)
     try:
-        mem = proc.memory_full_info()
-    except psutil.AccessDenied:
+        mem = procfs.memory(pid)
+    except PermissionError:
         return _failed(pid, start, started, DENIED)
-    except psutil.NoSuchProcess:
+    except OSError:
         return _failed(pid, start, started, EXITED)
-    if _exited_meanwhile(pid, start, proc, mem.rss):
+    if _exited_meanwhile(pid, start, mem.rss):
         return _failed(pid, start, started, EXITED)
-    pss, uss = getattr(mem, "pss", None), getattr(mem, "uss", None)
-    problem = None if pss is not None and uss is not None else NO_PSS
-    return MemorySample(pid, start, started, mem.rss, pss, uss, getattr(mem, "swap", None),
-                        problem)
+    problem = None if mem.pss is not None and mem.uss is not None else NO_PSS
+    return MemorySample(pid, start, started, mem.rss, mem.pss, mem.uss, mem.swap, problem)
 
 
-def _exited_meanwhile(pid: int, start: int | None, proc: psutil.Process, rss: int) -> bool:
+def _exited_meanwhile(pid: int, start: int, rss: int) -> bool:
     """Whether ``pid`` exited, or its pid was reused, while it was measured: an
     exited child not yet reaped has no memory left, which is not a zero row."""
-    if _LINUX:
-        try:
-            after, zombie = _stat(pid)
-        except OSError:
-            return True
-        return after != start or (rss == 0 and zombie)
-    if rss == 0 and _is_zombie(proc):
-        return True
-    return start is not None and process_start(pid) != start
-
-
-def _is_zombie(proc: psutil.Process) -> bool:
+    if not procfs.LINUX:
+        return (rss == 0 and procfs.is_zombie(pid)) or process_start(pid) != start
     try:
-        return bool(proc.status() == psutil.STATUS_ZOMBIE)
-    except psutil.Error:
+        after = procfs.stat(pid)
+    except OSError:
         return True
+    return after.start != start or (rss == 0 and after.zombie)
 
 
 def sample_many(pids: Iterable[int], threads: int = 1) -> list[MemorySample]:
@@ -287,6 +233,9 @@ def sample_many(pids: Iterable[int], threads: int = 1) -> list[MemorySample]:
     threads = min(threads, len(todo))
     if threads <= 1:
         return [_sample(pid, boot) for pid in todo]
+    # Only `gcfork report` measures with threads: the master never pays this import.
+    from concurrent.futures import ThreadPoolExecutor
+
     rows: list[MemorySample | None] = [None] * len(todo)
     queue = iter(enumerate(todo))
     lock = threading.Lock()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,9 +127,16 @@ class Policy:
             parts.append("also " + ", ".join(extras))
         if preload is not None:
             parts.append(f"preload_app={preload}")
-        parts.append(f"{platform.python_implementation()} {platform.python_version()} "
-                     f"({actions.gc_semantics()})")
+        parts.append(f"{_interpreter()} ({actions.gc_semantics()})")
         return "gcfork: " + "; ".join(parts)
+
+
+def _interpreter() -> str:
+    # What platform.python_implementation() and python_version() say, without
+    # importing platform into the master.
+    name = {"cpython": "CPython", "pypy": "PyPy"}.get(sys.implementation.name,
+                                                     sys.implementation.name)
+    return f"{name} {sys.version.split()[0]}"
 
 
 def _warmup_words(warmup: WarmupSetting | None) -> str:

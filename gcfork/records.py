@@ -7,7 +7,7 @@ master's hooks, ``gcfork report``), so its JSON is parsed strictly (no
 ``NaN``, no deep nesting) and every field is typed and bounded.
 :class:`GCCollector` counts the calling process's collections and makes its
 record; :class:`Publisher` is the daemon thread that writes it (in a worker,
-from ``post_fork``). Standard library and psutil only.
+from ``post_fork``). Standard library only (the platform through :mod:`gcfork.procfs`).
 
 .. versionadded:: 0.3
    Split from :mod:`gcfork.stats`, which re-exports every name.
@@ -25,9 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psutil
-
-from gcfork import files
+from gcfork import files, procfs
 from gcfork.memory import process_start
 
 if TYPE_CHECKING:
@@ -293,7 +291,7 @@ class GCCollector:
         # Read once per process; a forked child has a new pid, so reads its own.
         pid = os.getpid()
         if self._ident[0] != pid:
-            self._ident = (pid, process_start(pid) or 0, psutil.Process(pid).create_time())
+            self._ident = (pid, process_start(pid) or 0, procfs.create_time(pid))
         return self._ident
 
     def record(self, role: str, requests: int | None, **extra: Any) -> StatsRecord:
@@ -323,9 +321,12 @@ class Publisher:
         build: makes the record; called in the thread, never on a request path.
         interval: seconds between two records.
         on_error: told once, in words, if publishing fails; the thread carries on.
+        also: called in the thread after each record (the worker's
+            ``gcfork explain`` poll), so a worker runs one gcfork thread.
     """
 
-    __slots__ = ("_build", "_dir", "_error_told", "_interval", "_on_error", "_stop", "_thread")
+    __slots__ = ("_also", "_build", "_dir", "_error_told", "_interval", "_on_error", "_stop",
+                 "_thread")
 
     def __init__(
         self,
@@ -333,8 +334,10 @@ class Publisher:
         build: Callable[[], StatsRecord],
         interval: float = PUBLISH_INTERVAL,
         on_error: Callable[[str], object] | None = None,
+        also: Callable[[], object] | None = None,
     ) -> None:
         self._dir = stats_dir
+        self._also = also
         self._build = build
         self._interval = interval
         self._on_error = on_error
@@ -350,6 +353,8 @@ class Publisher:
     def _run(self) -> None:
         while True:
             self.publish()
+            if self._also is not None:
+                self._also()
             if self._stop.wait(self._interval):
                 return
 

@@ -36,7 +36,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import stat
 import tempfile
 from typing import NamedTuple
@@ -228,7 +227,7 @@ class StatsDir:
     @classmethod
     def _fresh(cls, parent: int, parent_path: str, owner: tuple[int, int]) -> StatsDir:
         for _ in range(100):
-            name = f"gcfork-stats-{secrets.token_hex(6)}"
+            name = f"gcfork-stats-{os.urandom(6).hex()}"
             try:
                 fd = files.make_dir(parent, name, owner)
             except FileExistsError:

@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from gcfork import memory
+from gcfork import memory, procfs
 from gcfork.memory import EXITED, NO_PSS, MemorySample, RoleSample
 from tests.conftest import wait_for
 
@@ -60,26 +60,59 @@ def test_exited_and_zombie_processes_get_a_mark_not_an_exception() -> None:
     assert memory.process_start(reaped.pid) is None
 
 
-def test_access_denied_is_a_mark(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Fake: as root every /proc file is readable, so psutil's refusal is simulated.
-    def refuse(self: psutil.Process) -> None:
-        raise psutil.AccessDenied(self.pid, "python")
-
-    monkeypatch.setattr(psutil.Process, "memory_full_info", refuse)
-    s = memory.sample(os.getpid())
-    assert s.problem == memory.DENIED and s.rss is None
-    t = memory.totals([RoleSample("master", s)])
-    assert (t.processes, t.unmeasured, t.sum_pss) == (0, 1, None)
+def test_access_denied_is_a_mark() -> None:
+    # Real: another user's process may not be read (smaps_rollup needs ptrace
+    # read access). Under root the check runs in a child that dropped to nobody.
+    code = (
+        "import os, sys\n"
+        "from gcfork import memory\n"
+        "if os.getuid() == 0:\n"
+        "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "s = memory.sample(int(sys.argv[1]))\n"
+        "t = memory.totals([memory.RoleSample('master', s)])\n"
+        "print(s.problem, s.rss, t.processes, t.unmeasured, t.sum_pss)\n"
+    )
+    sleeper = subprocess.Popen(SLEEPER)
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(sleeper.pid)],
+                              capture_output=True, text=True, timeout=30, cwd="/")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if os.getuid() != 0 and done.stdout.split()[:1] != [memory.DENIED.split()[0]]:
+        pytest.skip("not root, and this user may read its own sleeper")
+    assert done.stdout.split() == ["access", "denied", "None", "0", "1", "None"], done
 
 
 def test_platform_without_pss_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Fake: a kernel without smaps, where psutil's memory_full_info is memory_info.
-    monkeypatch.setattr(psutil.Process, "memory_full_info", psutil.Process.memory_info)
+    # Fake: a kernel without smaps (CONFIG_PROC_PAGE_MONITOR off) cannot be had here.
+    monkeypatch.setattr(procfs, "HAS_PSS", False)
     s = memory.sample(os.getpid())
     assert s.problem == NO_PSS and s.rss and s.pss is None and s.uss is None
     t = memory.totals([RoleSample("master", s), RoleSample("worker", s)])
     assert t.sum_rss == 2 * s.rss
     assert t.sum_pss is None and t.savings is None and t.savings_percent is None
+
+
+def test_procfs_agrees_with_psutil() -> None:
+    # psutil (a test dependency) reads the same files its own way: a second opinion.
+    proc = psutil.Process()
+    ours, theirs = procfs.memory(proc.pid), proc.memory_full_info()
+    assert near(ours.rss, theirs.rss, 0.05) and near(ours.uss or 0, theirs.uss, 0.05)
+    assert near(ours.pss or 0, theirs.pss, 0.05) and ours.swap == theirs.swap
+    assert procfs.create_time(proc.pid) == pytest.approx(proc.create_time(), abs=0.011)
+    assert procfs.boot_time() == pytest.approx(psutil.boot_time(), abs=1)
+    family = [subprocess.Popen(SLEEPER) for _ in range(2)]
+    try:
+        expected = {p.pid: p.ppid() for p in proc.children(recursive=True)}
+        assert procfs.descendants(proc.pid) == expected
+        assert set(expected) >= {p.pid for p in family}
+    finally:
+        for child in family:
+            child.kill()
+            child.wait()
+    with pytest.raises(ProcessLookupError):
+        procfs.memory(family[0].pid)
 
 
 def _sample(pid: int, rss: int, pss: int, uss: int, problem: str | None = None) -> MemorySample:

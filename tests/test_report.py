@@ -18,7 +18,7 @@ import jsonschema
 import psutil
 import pytest
 
-from gcfork import memory
+from gcfork import memory, procfs
 from gcfork.discover import classify
 from gcfork.report import (
     JSONRenderer,
@@ -193,15 +193,17 @@ def test_unreadable_process_gets_a_mark(
 ) -> None:
     server = start_server(CONF.format(interval=0), workers=2)
     denied = server.worker_pids()[0]
-    real = psutil.Process.memory_full_info
+    real = procfs.memory
 
-    def refuse_one(self: psutil.Process) -> object:
-        # Fake: as root every /proc file is readable, so the refusal is simulated.
-        if self.pid == denied:
-            raise psutil.AccessDenied(self.pid)
-        return real(self)
+    def refuse_one(pid: int) -> procfs.Memory:
+        # Fake: the tests run as root, who may read every /proc file, and the
+        # report must run as the server's user (tests/test_memory.py has the
+        # real refusal, for one process).
+        if pid == denied:
+            raise PermissionError(f"pid {pid}: access denied")
+        return real(pid)
 
-    monkeypatch.setattr(psutil.Process, "memory_full_info", refuse_one)
+    monkeypatch.setattr(procfs, "memory", refuse_one)
     report = collect(server.pid)
     row = next(r for r in report.rows if r.pid == denied)
     assert row.memory.problem == memory.DENIED
