@@ -90,6 +90,24 @@ def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
     assert not servers_of(tmp_path)
 
 
+def test_yardsticks_without_gcfork_run_the_apps_own_config(tmp_path: Path) -> None:
+    # plain: the server as it is without gcfork; recipe: the hand-written
+    # recipe. gcfork must not be imported by either server.
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20",
+                 "--path", "/gc", "--variants", "plain,recipe")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for run in results["runs"]:
+        final = run["checkpoints"][-2]["measured"]
+        assert final["workers"] == 2 and final["cluster_pss"] > 0
+        # Measured from outside: no process published gcfork's statistics.
+        assert all(p["gc"] is None for p in run["report"]["processes"])
+    for variant in ("plain", "recipe"):
+        log = (tmp_path / "out" / f"{variant}-0" / "gunicorn.log").read_text()
+        assert "gcfork" not in log.replace(str(tmp_path), ""), log
+
+
 def test_an_app_that_fails_to_boot_is_named_and_nothing_is_left(tmp_path: Path) -> None:
     proc = bench(tmp_path, "--app", "tests.apps.no_such_module:app", "--path", "/",
                  "--checkpoints", "10")
