@@ -95,7 +95,7 @@ def test_yardsticks_without_gcfork_run_the_apps_own_config(tmp_path: Path) -> No
     # recipe. gcfork must not be imported by either server.
     proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20",
                  "--path", "/gc", "--variants", "plain,recipe")
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     for run in results["runs"]:
