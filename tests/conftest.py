@@ -21,6 +21,8 @@ from gcfork.server import GunicornProcess
 
 REPO = Path(__file__).resolve().parent.parent
 VENVS = REPO / ".venvs"
+# How long a test waits for a server to boot before failing (see start_server).
+BOOT_CAP = 120.0
 
 StartServer = Callable[..., GunicornProcess]
 
@@ -57,7 +59,9 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         servers.append((server, expect_errors))
         server.start()
         if ready:
-            server.wait_ready(workers)
+            # A cap for a server that never comes up, not a timing assumption:
+            # a preloaded Django boot on a loaded 2-core machine can take 20 s.
+            server.wait_ready(workers, timeout=BOOT_CAP)
         return server
 
     yield start
@@ -80,7 +84,7 @@ def assert_clean_log(log: str) -> None:
         "\n--- log tail ---\n" + log[-3000:])
 
 
-def worker_states(server: GunicornProcess, count: int, timeout: float = 20.0) -> dict[int, Any]:
+def worker_states(server: GunicornProcess, count: int, timeout: float = 60.0) -> dict[int, Any]:
     """Ask every live worker for its GC state: ``{pid: state}`` for ``count`` workers.
 
     Concurrent slow requests spread over the sync workers; only answers from
@@ -103,7 +107,7 @@ def worker_states(server: GunicornProcess, count: int, timeout: float = 20.0) ->
     raise AssertionError(f"saw {sorted(states)} of {count} workers:\n{server.log()[-2000:]}")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
