@@ -203,6 +203,17 @@ def check_report(pid: int, status: int, out: str) -> tuple[bool, bool]:
     return True, status == 0 and right
 
 
+def _gist(out: str) -> str:
+    """What a report said about its cluster, in one line: enough to tell why
+    it was not the right master (the JSON's first lines are not)."""
+    try:
+        obj = json.loads(out)
+        rows = [(p["role"], p["pid"]) for p in obj["processes"]]
+        return f"master {obj['master']['pid']}, processes {rows}, notes {obj.get('notes')}"
+    except (ValueError, KeyError, TypeError):
+        return out[:300]
+
+
 def _hammer(python: str, pid: int, stats: HammerStats, stop: threading.Event,
             pause: float) -> None:
     while not stop.is_set():
@@ -218,7 +229,7 @@ def _hammer(python: str, pid: int, stats: HammerStats, stop: threading.Event,
         if "Traceback" in err:
             stats.tracebacks += 1
         if not (valid and right and status == 0) and len(stats.examples) < 3:
-            stats.examples.append(f"status {status}: {err.strip()[-600:] or out[:300]}")
+            stats.examples.append(f"status {status}: {err.strip()[-600:] or _gist(out)}")
         stop.wait(pause)
 
 
