@@ -14,19 +14,21 @@ value and what is allowed.
 
 from __future__ import annotations
 
-import gc
-import inspect
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
-from gcfork import immortal
+from gcfork import immortal, validate
 from gcfork.exceptions import ConfigError, short_repr
-from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
-from gcfork.warmup import WarmupSetting
+from gcfork.typing import (
+    Mode,
+    Thresholds,
+    ThresholdsFn,
+    ThresholdsSetting,
+    WarmupSetting,
+    WorkerInfo,
+)
 
 __all__ = [
     "SETTINGS",
@@ -39,10 +41,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-MODES: tuple[Mode, ...] = ("freeze", "disable", "off")
-MAX_SECONDS = 365 * 24 * 3600.0
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -91,210 +89,6 @@ class Setting(Generic[T]):
         return self.validate(raw, source)
 
 
-# -- validators -----------------------------------------------------------------
-
-
-def _mode(value: object) -> Mode:
-    for mode in MODES:
-        if value == mode:
-            return mode
-    raise ValueError("unknown mode")
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise TypeError(f"expected True or False, got {type(value).__name__}")
-
-
-def _env_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError("not a boolean word")
-
-
-def _threshold_tuple(value: object) -> Thresholds:
-    if not isinstance(value, (tuple, list)):
-        raise TypeError(f"expected a tuple of ints, got {type(value).__name__}")
-    if not 1 <= len(value) <= 3:
-        raise ValueError(f"{len(value)} values given, gc.set_threshold takes 1 to 3")
-    for item in value:
-        # bool is an int subclass, but True as a threshold is always a mistake.
-        if not isinstance(item, int) or isinstance(item, bool):
-            raise TypeError(f"{short_repr(item)} is not an int")
-        if item < 0:
-            raise ValueError(f"{item} is negative")
-    thresholds = tuple(value)
-    _fits_the_interpreter(thresholds)
-    return thresholds
-
-
-def _fits_the_interpreter(thresholds: Thresholds) -> None:
-    """Refuse what ``gc.set_threshold`` would refuse in a worker.
-
-    Its limits are the C ``int`` of the build (2**31 - 1 here), not Python's,
-    so the only faithful check is the call itself. It runs in the process that
-    validates (the master, at start-up) and puts the old thresholds back at
-    once; the master's collector is off or about to be, so the moment between
-    changes nothing.
-    """
-    saved = gc.get_threshold()
-    try:
-        gc.set_threshold(*thresholds)
-    except (OverflowError, ValueError) as exc:
-        raise ValueError(f"gc.set_threshold refuses it: {exc}") from None
-    finally:
-        gc.set_threshold(*saved)
-
-
-def _positional_arity(fn: Callable[..., object]) -> int | None:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None  # builtins without a signature: let the probe call decide
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return None
-    required = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    return len(required)
-
-
-def _thresholds(value: object) -> ThresholdsSetting:
-    if value is None:
-        return None
-    if callable(value):
-        arity = _positional_arity(value)
-        if arity not in (None, 1):
-            raise TypeError(f"the callable takes {arity} arguments, it must take one (WorkerInfo)")
-        # Probe once now so that a callable that cannot produce a valid tuple
-        # stops the server at start-up rather than in its first worker.
-        probe = WorkerInfo(index=0, age=1)
-        try:
-            result = value(probe)
-        except Exception as exc:
-            raise ValueError(f"calling it with {probe} raised {short_repr(exc)}") from exc
-        try:
-            _threshold_tuple(result)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"called with {probe} it returned {short_repr(result)}: {exc}"
-            ) from exc
-        fn: Callable[[WorkerInfo], Thresholds] = value
-        return fn
-    return _threshold_tuple(value)
-
-
-def worker_thresholds(value: object, source: str) -> Thresholds:
-    """Check what a thresholds callable returned for one worker.
-
-    Raises:
-        ConfigError: naming the ``thresholds`` setting and ``source``.
-    """
-    try:
-        return _threshold_tuple(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(THRESHOLDS.name, value, THRESHOLDS.allowed, source, str(exc)) from exc
-
-
-def _env_thresholds(text: str) -> object:
-    if text.lower() in ("", "default"):
-        return None
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError("not a comma-separated list of ints") from None
-
-
-def _seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number of seconds, got {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond any float: 10**400
-        raise ValueError("too large") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("not a finite number >= 0")
-    if seconds > MAX_SECONDS:
-        # threading.Event.wait() overflows past about 2**63 ns; a year is plenty.
-        raise ValueError(f"over {MAX_SECONDS:g} s (one year)")
-    return seconds
-
-
-def _env_float(text: str) -> object:
-    return float(text)
-
-
-def _optional_dir(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"expected a path, got {type(value).__name__}")
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path:
-        raise ValueError("empty path")
-    if "\0" in path:
-        raise ValueError("the path holds a NUL byte")
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        raise ValueError("the path cannot be encoded for the file system") from None
-    if not os.path.isabs(path):
-        raise ValueError("the path must be absolute: workers may change directory")
-    return path
-
-
-def _env_text(text: str) -> object:
-    return text or None
-
-
-def _warmup(value: object) -> WarmupSetting | None:
-    if value is None:
-        return None
-    if callable(value):
-        arity = _positional_arity(value)
-        if arity not in (None, 1):
-            raise TypeError(f"the callable takes {arity} arguments, it must take one (the app)")
-        fn: WarmupSetting = value
-        return fn
-    if isinstance(value, (str, bytes)):
-        # A bare string is a sequence of one-letter "paths": always a mistake.
-        raise TypeError(f"a single string; give a list of paths, e.g. [{short_repr(value)}]")
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"expected a list of paths, got {type(value).__name__}")
-    if not value:
-        raise ValueError("no paths; None turns warm-up off")
-    for path in value:
-        if not isinstance(path, str):
-            raise TypeError(f"{short_repr(path)} is not a str")
-        if not path.startswith("/"):
-            raise ValueError(f"{short_repr(path)} does not start with '/'")
-    return tuple(value)
-
-
-def _env_paths(text: str) -> object:
-    if not text:
-        return None
-    return [part.strip() for part in text.split(",")]
-
-
-# A DNS name, an IPv4 address or a bracketed IPv6 address; no port, scheme or path.
-_HOST = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\]")
-
-
-def _host(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a host name, got {type(value).__name__}")
-    if not _HOST.fullmatch(value):
-        raise ValueError("not a bare host name (no scheme, port or path)")
-    return value
-
-
 def _check_immortalize(resolved: Mapping[str, Resolved]) -> None:
     """Refuse ``immortalize`` where it cannot run, unless mode ``off`` ignores it.
 
@@ -317,7 +111,7 @@ MODE: Setting[Mode] = Setting(
     name="mode",
     section="Garbage collector",
     default="freeze",
-    validator=_mode,
+    validator=validate.mode,
     from_env=str,
     allowed="'freeze', 'disable' or 'off'",
     env_syntax="freeze, disable or off",
@@ -344,8 +138,8 @@ THRESHOLDS: Setting[ThresholdsSetting] = Setting(
     name="thresholds",
     section="Garbage collector",
     default=None,
-    validator=_thresholds,
-    from_env=_env_thresholds,
+    validator=validate.thresholds,
+    from_env=validate.env_thresholds,
     allowed=(
         "None (the interpreter's default), a tuple of 1 to 3 ints >= 0, or a callable "
         "taking a gcfork.WorkerInfo and returning such a tuple"
@@ -364,12 +158,31 @@ what the worker allocated itself: raising the first threshold trades memory
 held by cyclic garbage for fewer pauses.""",
 )
 
+def worker_thresholds(fn: ThresholdsFn, worker: WorkerInfo) -> Thresholds:
+    """Call a ``thresholds`` callable for one worker and check what it returns.
+
+    Raises:
+        ConfigError: naming the ``thresholds`` setting and the worker, if the
+            callable raised or returned what ``gc.set_threshold`` refuses.
+    """
+    source = f"the thresholds callable for {worker}"
+    try:
+        value: object = fn(worker)
+    except Exception as exc:  # the user's code: any failure is a refusal
+        raise ConfigError(THRESHOLDS.name, fn, THRESHOLDS.allowed, source,
+                          short_repr(exc)) from exc
+    try:
+        return validate.threshold_tuple(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(THRESHOLDS.name, value, THRESHOLDS.allowed, source, str(exc)) from exc
+
+
 COLLECT_BEFORE_FREEZE: Setting[bool] = Setting(
     name="collect_before_freeze",
     section="Garbage collector",
     default=False,
-    validator=_bool,
-    from_env=_env_bool,
+    validator=validate.boolean,
+    from_env=validate.env_bool,
     allowed="True or False",
     env_syntax="1/0, true/false, yes/no or on/off",
     doc="""\
@@ -384,8 +197,8 @@ REPORT_INTERVAL: Setting[float] = Setting(
     name="report_interval",
     section="Report",
     default=60.0,
-    validator=_seconds,
-    from_env=_env_float,
+    validator=validate.seconds,
+    from_env=validate.env_float,
     allowed="a number of seconds >= 0 (0 turns the periodic log line off)",
     env_syntax="a number of seconds >= 0",
     doc="""\
@@ -400,8 +213,8 @@ STATS_DIR: Setting[Any] = Setting(
     name="stats_dir",
     section="Report",
     default=None,
-    validator=_optional_dir,
-    from_env=_env_text,
+    validator=validate.optional_dir,
+    from_env=validate.env_text,
     allowed="None (a new private directory per server) or an absolute path",
     env_syntax="an absolute path; empty for a new private directory",
     doc="""\
@@ -421,8 +234,8 @@ WARMUP: Setting[WarmupSetting | None] = Setting(
     name="warmup",
     section="Beyond freeze",
     default=None,
-    validator=_warmup,
-    from_env=_env_paths,
+    validator=validate.warmup,
+    from_env=validate.env_paths,
     allowed=(
         "None, a list of request paths each starting with '/' (not a single string), "
         "or a callable taking the WSGI app"
@@ -454,7 +267,7 @@ WARMUP_HOST: Setting[str] = Setting(
     name="warmup_host",
     section="Beyond freeze",
     default="localhost",
-    validator=_host,
+    validator=validate.host,
     from_env=str,
     allowed="a host name or IP address, without scheme, port or path",
     env_syntax="a host name, e.g. shop.example.com",
@@ -469,8 +282,8 @@ IMMORTALIZE: Setting[bool] = Setting(
     name="immortalize",
     section="Beyond freeze",
     default=False,
-    validator=_bool,
-    from_env=_env_bool,
+    validator=validate.boolean,
+    from_env=validate.env_bool,
     allowed="True (CPython 3.12 or 3.13, 64-bit release build with the GIL) or False",
     env_syntax="1/0, true/false, yes/no or on/off",
     doc="""\
@@ -499,8 +312,8 @@ FAST_EXIT: Setting[bool] = Setting(
     name="fast_exit",
     section="Beyond freeze",
     default=False,
-    validator=_bool,
-    from_env=_env_bool,
+    validator=validate.boolean,
+    from_env=validate.env_bool,
     allowed="True or False",
     env_syntax="1/0, true/false, yes/no or on/off",
     doc="""\

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gcfork import actions
-from gcfork.config import THRESHOLDS as _THRESHOLDS_SETTING
 from gcfork.config import resolve, worker_thresholds
-from gcfork.exceptions import ConfigError
-from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WorkerInfo
-from gcfork.warmup import WarmupSetting
+from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, WorkerInfo
 
 __all__ = ["Policy"]
 
@@ -30,16 +27,23 @@ class Policy:
     Build it with :meth:`from_settings`; the adapters only ask it questions.
     """
 
-    mode: Mode = "freeze"
-    thresholds: ThresholdsSetting = None
-    collect_before_freeze: bool = False
-    report_interval: float = 60.0
-    stats_dir: str | None = None
-    warmup: WarmupSetting | None = None
-    warmup_host: str = "localhost"
-    immortalize: bool = False
-    fast_exit: bool = False
+    # One field per setting of gcfork.config, where each is declared with its
+    # default (see defaults()); the order is the declarations'.
+    mode: Mode
+    thresholds: ThresholdsSetting
+    collect_before_freeze: bool
+    report_interval: float
+    stats_dir: str | None
+    warmup: WarmupSetting | None
+    warmup_host: str
+    immortalize: bool
+    fast_exit: bool
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def defaults(cls) -> Policy:
+        """The policy of every setting's declared default, whatever the environment."""
+        return cls.from_settings({}, environ={})
 
     @classmethod
     def from_settings(
@@ -92,9 +96,7 @@ class Policy:
         if not self.workers_collect or self.thresholds is None:
             return None
         if callable(self.thresholds):
-            return worker_thresholds(
-                _call(self.thresholds, worker), f"the thresholds callable for {worker}"
-            )
+            return worker_thresholds(self.thresholds, worker)
         thresholds: Thresholds = self.thresholds
         return thresholds
 
@@ -144,11 +146,3 @@ def _warmup_words(warmup: WarmupSetting | None) -> str:
         return f"{getattr(warmup, '__qualname__', repr(warmup))}(app)"
     count = len(warmup or ())
     return f"{count} path{'s' if count != 1 else ''}"
-
-
-def _call(fn: Any, worker: WorkerInfo) -> object:
-    try:
-        return fn(worker)
-    except Exception as exc:
-        raise ConfigError("thresholds", fn, _THRESHOLDS_SETTING.allowed,
-                          f"the thresholds callable for {worker}", repr(exc)) from exc

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
-__all__ = ["Mode", "Thresholds", "ThresholdsFn", "ThresholdsSetting", "WorkerInfo"]
+__all__ = [
+    "Mode",
+    "Thresholds",
+    "ThresholdsFn",
+    "ThresholdsSetting",
+    "WSGIApp",
+    "WarmupSetting",
+    "WorkerInfo",
+]
 
 Mode = Literal["freeze", "disable", "off"]
 """What gcfork does to the collector; see the ``mode`` setting."""
@@ -34,3 +43,9 @@ ThresholdsFn = Callable[[WorkerInfo], Thresholds]
 
 ThresholdsSetting = Union[None, Thresholds, ThresholdsFn]
 """What the ``thresholds`` setting holds: None keeps the interpreter's default."""
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+"""A WSGI application callable."""
+
+WarmupSetting = Union[Sequence[str], Callable[[WSGIApp], object]]
+"""What the ``warmup`` setting holds: request paths, or a callable given the app."""

@@ -20,26 +20,21 @@ from __future__ import annotations
 import io
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple
 
 from gcfork.exceptions import WarmupError
+from gcfork.typing import WarmupSetting, WSGIApp
 
 __all__ = [
     "WarmupError",
     "WarmupResult",
-    "WarmupSetting",
     "close_connections",
     "request",
     "warm_up",
     "wsgi_environ",
 ]
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-"""A WSGI application callable."""
-
-WarmupSetting = Union[Sequence[str], Callable[[WSGIApp], object]]
-"""What the ``warmup`` setting holds: request paths, or a callable given the app."""
 
 
 class WarmupResult(NamedTuple):

@@ -63,3 +63,17 @@ def test_reference_docs_cover_every_setting_and_env_variable() -> None:
     for setting in SETTINGS.values():
         assert f"### `{setting.name}`" in text
         assert setting.env in text
+
+
+def test_the_policy_has_one_field_per_declared_setting() -> None:
+    # A setting is declared once, in gcfork.config; the policy only carries it.
+    import dataclasses
+
+    from gcfork.config import SETTINGS
+    from gcfork.policy import Policy
+
+    fields = [f.name for f in dataclasses.fields(Policy) if f.name != "sources"]
+    assert fields == list(SETTINGS)
+    defaults = Policy.defaults()
+    assert all(getattr(defaults, name) == s.default for name, s in SETTINGS.items())
+    assert set(defaults.sources.values()) == {"default"}

@@ -167,6 +167,37 @@ def pre_fork(server, worker):
         assert lines.count(mark) == 2, lines
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_user_hook_gunicorn_would_refuse_is_refused_at_load(
+    start_server: StartServer, where: str
+) -> None:
+    # gcfork's chain carries its own signature: it must not hide the user's.
+    wrong = "def post_fork(server):\n    pass\n"
+    text = conf(before=wrong) if where == "before" else conf(after=wrong)
+    server = start_server(text, ready=False, expect_errors=True)
+    assert server.proc is not None
+    assert server.proc.wait(timeout=60) != 0
+    log = server.log()
+    assert "Invalid value for post_fork" in log, log
+    assert "Booting worker" not in log
+
+
+def test_a_hook_given_as_an_import_path_before_the_line_runs(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # gunicorn accepts "module.function" for a hook; gcfork used to drop it.
+    (tmp_path / "user_hooks.py").write_text(
+        "import os\n"
+        "def post_fork(server, worker):\n"
+        f"    open({str(tmp_path / 'marks')!r}, 'a').write('ran\\n')\n"
+    )
+    before = (f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+              "post_fork = 'user_hooks.post_fork'\n")
+    server = start_server(conf("thresholds=(321, 3, 3)", before=before))
+    assert_frozen_and_enabled(worker_states(server, 2), [321, 3, 3])
+    assert (tmp_path / "marks").read_text().splitlines() == ["ran", "ran"]
+
+
 def test_a_fork_inside_a_worker_is_left_alone(start_server: StartServer) -> None:
     server = start_server(conf("thresholds=(444, 4, 4)"), workers=1)
     status, body = server.get("/fork")

@@ -30,10 +30,11 @@ from typing import Any, NamedTuple
 
 from hypothesis import strategies as st
 
-from gcfork.config import MODES, SETTINGS
+from gcfork.config import SETTINGS
 from gcfork.exceptions import ConfigError
 from gcfork.policy import Policy
 from gcfork.typing import WorkerInfo
+from gcfork.validate import MODES
 from tests.torture.harness import start_server
 
 NAMES: tuple[str, ...] = tuple(SETTINGS)

@@ -1,53 +1,15 @@
-"""The gunicorn adapter: ``gcfork.install(globals())`` in ``gunicorn.conf.py``.
+"""gcfork's state and work in one gunicorn process tree: what each hook does.
 
-gcfork acts through gunicorn's server hooks, each of which runs in a known
-process (see gunicorn's settings reference):
-
-=================  =======  ==================================================
-hook               process  what gcfork does there
-=================  =======  ==================================================
-on_starting        master   settle and log the policy; warn about missing preload;
-                            warm the app up (``warmup``); make the stats
-                            directory and advertise it
-on_reload          master   after a HUP re-read the config: the new settings
-                            (or, if refused, an error and the previous ones)
-when_ready         master   start the sampling thread (report line)
-pre_fork           master   give the worker a slot and thresholds; freeze;
-                            at the first fork, make the heap immortal
-                            (``immortalize``)
-post_fork          worker   set thresholds, enable the GC, log the proof;
-                            start the thread publishing GC statistics and
-                            the ``gcfork explain`` trigger
-post_worker_init   worker   without preload: freeze the app just imported
-worker_exit        worker   publish the final GC statistics and USS; after
-                            the user's hook, ``os._exit`` (``fast_exit``)
-child_exit         master   log the worker's exit line; delete its record
-on_exit            master   log the full report; remove the stats directory
-=================  =======  ==================================================
-
-A config file can define the same hooks, before or after gcfork's line. Both
-orders keep the user's hook: a hook already in the namespace when
-:func:`install` runs is chained at once, and one defined later is chained when
-gunicorn stores it (gcfork wraps ``gunicorn.config.Config.set`` for the hook
-settings it uses, once per process). The user's hook runs as it would without
-gcfork; gcfork's part runs before it, except in ``pre_fork``, where the freeze
-must be the last thing before the fork, and the fast exit, which follows the
-user's ``worker_exit`` even if it raised.
-
-gcfork's hook code never stops the server by accident: its exceptions are
-logged and the server carries on. The one exception is deliberate:
-:class:`~gcfork.exceptions.StartupError` (a failed warm-up), which gunicorn
-reports as ``Error: <message>`` before exiting with status 1.
+:mod:`gcfork.gunicorn` lists the hooks and the process each runs in;
+:mod:`gcfork.gunicorn.hooks` puts these methods into gunicorn's config.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
 import traceback
-from collections.abc import MutableMapping
 from typing import Any, Callable
 
 from gcfork import actions, fastexit, immortal, memory, warmup
@@ -73,16 +35,15 @@ from gcfork.stats import (
 from gcfork.trigger import ExplainTrigger
 from gcfork.typing import Thresholds, WorkerInfo
 
-__all__ = ["install", "is_installed"]
-
-Hook = Callable[..., object]
+__all__ = ["ADAPTER", "Adapter"]
 
 
-class _Adapter:
+
+class Adapter:
     """gcfork's state in one gunicorn process tree; one instance per process."""
 
     def __init__(self) -> None:
-        self.policy = Policy()
+        self.policy = Policy.defaults()
         # The settings the config file gave install(), resolved again in
         # on_starting and on_reload: only then has gunicorn put its ``raw_env``
         # (``-e GCFORK_MODE=...``) into the environment.
@@ -464,133 +425,5 @@ class _Adapter:
         )
 
 
-_HOOK_ARITY = {
-    "on_starting": 1, "on_reload": 1, "when_ready": 1, "pre_fork": 2, "post_fork": 2,
-    "post_worker_init": 1,
-    "worker_exit": 2, "child_exit": 2, "on_exit": 1,
-}
-_OURS_LAST = frozenset({"pre_fork"})
-# gcfork steps that follow the user's hook of that name, even one that raised.
-_THEN = {"worker_exit": "worker_exit_last"}
-_ADAPTER = _Adapter()
-
-
-class _Chain:
-    """A gunicorn hook that runs gcfork's part and the user's, in that order
-    (reversed for ``pre_fork``; a second gcfork step follows the user's
-    ``worker_exit``). gcfork's part raises nothing but :class:`StartupError`."""
-
-    def __init__(self, name: str, theirs: Hook | None) -> None:
-        self.name = name
-        self.theirs = theirs
-        # gunicorn checks a hook's arity; give it the one of gcfork's method.
-        self.__signature__ = inspect.signature(getattr(_ADAPTER, name))
-
-    def __call__(self, *args: Any) -> None:
-        if self.name in _OURS_LAST:
-            self._call_theirs(*args)
-            self._call_ours(self.name, *args)
-            return
-        self._call_ours(self.name, *args)
-        then = _THEN.get(self.name)
-        if then is None:
-            self._call_theirs(*args)
-            return
-        try:
-            self._call_theirs(*args)
-        finally:
-            self._call_ours(then, *args)
-
-    def _call_theirs(self, *args: Any) -> None:
-        if self.theirs is not None:
-            self.theirs(*args)
-
-    def _call_ours(self, method: str, *args: Any) -> None:
-        try:
-            getattr(_ADAPTER, method)(*args)
-        except StartupError:
-            raise  # deliberate: gunicorn prints it and exits before any fork
-        except Exception:
-            log = getattr(args[0], "log", None)
-            if log is None:
-                raise
-            log.exception("gcfork: %s hook failed; the server carries on without it", method)
-
-    def __repr__(self) -> str:
-        return f"<gcfork hook {self.name} chained with {self.theirs!r}>"
-
-
-def _chain(name: str, current: object) -> _Chain:
-    if isinstance(current, _Chain):
-        return current
-    return _Chain(name, current if callable(current) else None)
-
-
-def _wrap_config_set() -> None:
-    """Chain the user's hooks that gunicorn stores after :func:`install` ran."""
-    from gunicorn.config import Config
-
-    if getattr(Config.set, "_gcfork", False):
-        return
-    original = Config.set
-
-    def set(self: Any, name: str, value: object) -> None:
-        original(self, name, value)
-        if name in _HOOK_ARITY and _ADAPTER.installed:
-            setting = self.settings[name]
-            setting.value = _chain(name, setting.value)
-
-    set._gcfork = True  # type: ignore[attr-defined]
-    Config.set = set
-
-
-def is_installed() -> bool:
-    """Whether :func:`install` has run in this process."""
-    return _ADAPTER.installed
-
-
-def install(namespace: MutableMapping[str, Any], **settings: Any) -> Policy:
-    """Turn gcfork on from ``gunicorn.conf.py``: ``gcfork.install(globals())``.
-
-    Disables the GC in this (the master) process at once, before gunicorn
-    imports the app, and registers the hooks that freeze before every fork and
-    re-enable the GC in every worker. Safe to run again (gunicorn re-reads the
-    config file on ``HUP``): the new settings apply to workers forked after.
-
-    Args:
-        namespace: the config file's ``globals()``: gcfork's hooks go there,
-            chained with any hook the file defines.
-        **settings: gcfork's settings (see ``docs/configuration.md``);
-            ``GCFORK_*`` environment variables override them.
-
-    Returns:
-        The policy in force.
-
-    Exits:
-        With status 1 and one line on stderr naming the setting, the value and
-        what is allowed, if a setting is invalid at start-up. On a reload, an
-        invalid setting is reported and the previous policy is kept.
-    """
-    try:
-        policy = Policy.from_settings(settings)
-    except ConfigError as exc:
-        if not _ADAPTER.started:
-            print(f"gcfork: error: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
-        # A HUP: gunicorn must keep forking workers, and they must keep
-        # gcfork's policy, so the hooks go into the new namespace all the same.
-        _ADAPTER.refused = f"gcfork: error: {exc}; workers keep the previous settings"
-        policy = _ADAPTER.policy
-    else:
-        _ADAPTER.given = dict(settings)
-        _ADAPTER.refused = None
-        if not _ADAPTER.started:
-            # On a HUP, on_reload decides, once gunicorn's raw_env is back.
-            _ADAPTER.policy = policy
-    _ADAPTER.installed = True
-    if _ADAPTER.policy.changes_gc:
-        actions.disable_in_master()
-    for name in _HOOK_ARITY:
-        namespace[name] = _chain(name, namespace.get(name))
-    _wrap_config_set()
-    return policy
+# One per process: made at import in the master, inherited by every worker.
+ADAPTER = Adapter()
