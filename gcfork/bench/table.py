@@ -1,0 +1,108 @@
+"""The comparison of ``gcfork bench``: per variant, the median over repeats of
+each figure, and the side-by-side table with every figure's ratio to the
+baseline's."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gcfork.bench.results import Checkpoint, Run
+from gcfork.bench.workload import Settings
+
+__all__ = ["ROWS", "checkpoint_line", "render_table", "summary"]
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value / 2**20:,.1f} MiB"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1f} %"
+
+
+def _median(values: Sequence[float | None]) -> float:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(present) if present else float("nan")
+
+
+ROWS: Sequence[tuple[str, str, Callable[[float], str]]] = (
+    ("cluster PSS", "cluster_pss", _mb),
+    ("sum of RSS", "sum_rss", _mb),
+    ("mean worker USS", "mean_worker_uss", _mb),
+    ("mean worker shared", "mean_worker_shared_pct", _pct),
+    ("master RSS", "master_rss", _mb),
+    ("GC collections (workers)", "gc_collections", lambda v: f"{v:,.0f}"),
+    ("GC max pause", "gc_max_pause", lambda v: f"{v * 1000:.1f} ms"),
+)
+
+
+def checkpoint_line(checkpoint: Checkpoint) -> str:
+    """The figures of one checkpoint in a line, for the progress output."""
+    m = checkpoint.measured
+    return (f"cluster PSS {_mb(m.get('cluster_pss'))}, mean worker USS "
+            f"{_mb(m.get('mean_worker_uss'))}, shared {_pct(m.get('mean_worker_shared_pct'))}")
+
+
+def summary(runs: Sequence[Run], variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per variant: the median over repeats of each final figure, and the
+    spread of throughput."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        mine = [r for r in runs if r.variant == name]
+        last_mark = [next((c for c in reversed(r.checkpoints) if c.requests), None) for r in mine]
+        figures = {key: _median([c.measured.get(key) if c else None for c in last_mark])
+                   for _, key, _ in ROWS}
+        rps = [r.requests_per_second for r in mine]
+        figures.update(
+            requests_per_second=_median(rps), rps_min=min(rps), rps_max=max(rps),
+            p50_ms=_median([r.p50_ms for r in mine]), p99_ms=_median([r.p99_ms for r in mine]),
+        )
+        out[name] = figures
+    return out
+
+
+def render_table(summary_: Mapping[str, Mapping[str, Any]], settings: Settings,
+                 baseline: str | None = None) -> str:
+    """The side-by-side table: one column per variant, the baseline first,
+    every other variant's figures with their ratio to the baseline's.
+
+    Args:
+        summary_: per variant, as :func:`summary` makes it.
+        settings: the load the figures come from.
+        baseline: the variant to compare with; the first one when None.
+    """
+    names = list(summary_)
+    if baseline is not None:
+        names.remove(baseline)
+        names.insert(0, baseline)
+    base = summary_[names[0]]
+    rows: list[tuple[str, ...]] = [
+        (f"after {settings.checkpoints[-1]:,} requests", *names),
+    ]
+
+    def cell(name: str, key: str, fmt: Callable[[float], str]) -> str:
+        value = summary_[name][key]
+        if value is None or math.isnan(value):
+            return "n/a"
+        text = fmt(value)
+        if name != names[0] and base[key] and not math.isnan(base[key]):
+            text += f" ({value / base[key]:.2f}x)"
+        return text
+
+    for label, key, fmt in ROWS:
+        rows.append((label, *(cell(n, key, fmt) for n in names)))
+    rows.append(("requests/s", *(
+        cell(n, "requests_per_second", lambda v: f"{v:,.0f}")
+        + ("" if settings.repeat == 1 else
+           f" [{summary_[n]['rps_min']:,.0f}-{summary_[n]['rps_max']:,.0f}]")
+        for n in names)))
+    rows.append(("latency p50", *(cell(n, "p50_ms", lambda v: f"{v:.1f} ms") for n in names)))
+    rows.append(("latency p99", *(cell(n, "p99_ms", lambda v: f"{v:.1f} ms") for n in names)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
