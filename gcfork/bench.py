@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gcfork.cowprof import render_explain, request_profile, trigger_dir
 from gcfork.exceptions import BenchError, GcforkError, ServerError
+from gcfork.explain import render_explain, request_profile, trigger_dir
 from gcfork.load import LoadResult, run_load
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.server import GunicornProcess
