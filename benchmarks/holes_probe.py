@@ -4,8 +4,8 @@ before the fork lower a worker's private memory?
 A parent process loads the Django example the way the gunicorn master does
 with ``preload_app`` (``shopsite.wsgi``: settings, URLconf, templates, one
 query) with the collector off, closes its database connection, reads
-pymalloc's statistics (:func:`gcfork.holes.read_pool_stats`), optionally
-fills the free blocks (:func:`gcfork.holes.fill_holes`), freezes, and forks
+pymalloc's statistics (:func:`benchmarks.holes.read_pool_stats`), optionally
+fills the free blocks (:func:`benchmarks.holes.fill_holes`), freezes, and forks
 children one after the other. Each child turns the collector on (as a gcfork
 worker does), calls the WSGI application in-process for the example's
 request mix (``examples/django_app/paths.txt``, cycled), and reports its USS
@@ -23,7 +23,8 @@ Usage (the database first, once)::
 
 ``HOLES_PROBE_IMMORTAL=1`` also makes the heap immortal after the freeze
 (:func:`gcfork.immortal.immortalize_heap`, 3.12+), as the ``immortalize``
-setting does. Each ``--python`` needs Django (and psutil, which gcfork imports).
+setting does. Each ``--python`` needs Django; ``benchmarks`` and ``gcfork``
+come from this checkout (``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _serve(application: Any, paths: list[str], requests: int) -> int:
 def one_run(variant: str, children: int, requests: int) -> dict[str, Any]:
     """Load the app, (fill), freeze, fork ``children`` workers one by one."""
     gc.disable()  # as gcfork.install does, from the config line
-    from gcfork import holes
+    from benchmarks import holes
 
     sys.path.insert(0, str(APP))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopsite.settings")

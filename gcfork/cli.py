@@ -6,7 +6,7 @@ Subcommands:
 - ``gcfork settings``: the settings reference, generated from
   :mod:`gcfork.config`, or a check that a copy of it is current;
 - ``gcfork explain``: the copy-on-write profile of one running worker
-  (:func:`gcfork.cowprof.explain_main`; exit status 1 if it cannot be had).
+  (:func:`gcfork.explain.explain_main`; exit status 1 if it cannot be had).
 
 Exit status: 0 when all went well, 1 when no master was found, the pid given
 is not a gcfork master, or the master vanished (or, for ``settings --check``,
@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable, TextIO
 
-from gcfork import bench, cowprof
+from gcfork import bench
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.discover import (
     Master,
@@ -34,6 +34,7 @@ from gcfork.discover import (
     master_from_pidfile,
 )
 from gcfork.exceptions import DiscoveryError
+from gcfork.explain import explain_main
 from gcfork.report import JSONRenderer, Report, TableRenderer, collect
 
 __all__ = ["build_parser", "main"]
@@ -121,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(func=bench.run)
 
-    # Its options belong to cowprof.explain_main, which parses them itself:
+    # Its options belong to explain_main, which parses them itself:
     # with no prefix characters of its own, this parser passes every word on.
     explain = sub.add_parser(
         "explain", help="which Python types and modules a worker's copied pages hold",
         add_help=False, prefix_chars="\0",
     )
     explain.add_argument("argv", nargs=argparse.REMAINDER)
-    explain.set_defaults(func=lambda args: cowprof.explain_main(args.argv))
+    explain.set_defaults(func=lambda args: explain_main(args.argv))
     return parser
 
 

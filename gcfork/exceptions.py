@@ -14,7 +14,6 @@ __all__ = [
     "GcforkError",
     "ImmortalizeUnsupported",
     "MasterGone",
-    "PoolStatsUnavailable",
     "ServerError",
     "StartupError",
     "StatsDirError",
@@ -204,12 +203,6 @@ class ImmortalizeUnsupported(_Because):
     """This interpreter cannot make objects immortal safely; nothing was written."""
 
     what = "make the heap immortal on this interpreter"
-
-
-class PoolStatsUnavailable(_Because):
-    """The allocator's statistics could not be read or understood."""
-
-    what = "read pymalloc's statistics"
 
 
 class ServerError(GcforkError, RuntimeError):

@@ -1,12 +1,13 @@
 """Private files and directories, always reached through a directory descriptor.
 
-Used by :mod:`gcfork.stats` (records, advertisements) and :mod:`gcfork.cowprof`
-(explain requests and profiles), in the master, in workers and in the
-``gcfork`` command. A path is looked up once, when its directory is opened
-(:func:`open_dir`, never following a symlink at its last component); every
-later operation is relative to that descriptor. Replacing the directory by a
-symlink afterwards, in a parent writable by someone else, then changes
-nothing: the descriptor still names the directory that was checked.
+Used by :mod:`gcfork.stats` (records, advertisements), :mod:`gcfork.trigger`
+and :mod:`gcfork.explain` (explain requests and profiles), in the master, in
+workers and in the ``gcfork`` command. A path is looked up once, when its
+directory is opened (:func:`open_dir`, never following a symlink at its last
+component); every later operation is relative to that descriptor. Replacing
+the directory by a symlink afterwards, in a parent writable by someone else,
+then changes nothing: the descriptor still names the directory that was
+checked.
 
 Files are written whole to a fresh random name (``O_EXCL|O_NOFOLLOW``, mode
 0600) and renamed into place (:func:`write_private`): a reader never sees half

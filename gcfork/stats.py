@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 TRIGGER_NAME = ".explain"
-"""The subdirectory of ``gcfork explain`` requests (:mod:`gcfork.cowprof`);
+"""The subdirectory of ``gcfork explain`` requests (:mod:`gcfork.trigger`);
 hidden, so record readers skip it; made and removed with the directory."""
 
 # -- the directory ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""gcfork.holes: pymalloc's own statistics, read in this and other interpreters."""
+"""benchmarks.holes: pymalloc's own statistics, read in this and other interpreters."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from gcfork import holes
-from tests.conftest import REPO, pyenv_python, venv_with
+from benchmarks import holes
+from tests.conftest import REPO, pyenv_python
 
 # Captured from CPython 3.9.18 (4 KiB pools, 256 KiB arenas, no arena map),
 # trimmed to a few rows; the class rows add up to the available bytes.
@@ -76,7 +76,7 @@ def test_reads_this_interpreter_and_leaves_stderr_alone(capfd: pytest.CaptureFix
 COUNTS = """
 import gc, json, sys
 gc.disable()
-from gcfork import holes
+from benchmarks import holes
 size = 96
 length = size - sys.getsizeof(b"")  # bytes(63): exactly a 96-byte block
 before = holes.read_pool_stats().by_size()[size]
@@ -102,7 +102,7 @@ def test_counts_follow_allocations() -> None:
 CHILD = """
 import gc, json, sys
 gc.disable()
-from gcfork import holes
+from benchmarks import holes
 length = 96 - sys.getsizeof(b"")
 kept = [bytes(length) for _ in range(20_000)]
 del kept[::2]
@@ -142,17 +142,17 @@ def test_fill_uses_up_the_free_blocks() -> None:
     _check_fill(_run(sys.executable, CHILD))
 
 
-def _cached(minor: str) -> str:
+def _interpreter(minor: str) -> str:
     python = pyenv_python(minor)
     if python is None:
         pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
-    # The venv tests/test_versions.py uses too: gcfork's package imports psutil.
-    return venv_with(python, f"py{minor}-gunicorn", "gunicorn", "psutil")
+    # No venv: benchmarks.holes needs only the standard library.
+    return python
 
 
 @pytest.mark.parametrize("minor", ["3.9", "3.10", "3.12", "3.13"])
 def test_reads_and_fills_in_other_versions(minor: str) -> None:
-    figures = _run(_cached(minor), CHILD)
+    figures = _run(_interpreter(minor), CHILD)
     assert str(figures["python"]).startswith(minor + ".")
     _check_fill(figures)
 
@@ -160,7 +160,7 @@ def test_reads_and_fills_in_other_versions(minor: str) -> None:
 def test_plain_malloc_degrades_to_none_with_a_reason() -> None:
     figures = _run(sys.executable, """
         import json
-        from gcfork import holes
+        from benchmarks import holes
         try:
             holes.read_pool_stats()
             reason = None

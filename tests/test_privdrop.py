@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from gcfork import cowprof
 from gcfork.exceptions import CowProfileError
+from gcfork.explain import request_profile
 from gcfork.server import GunicornProcess
 from gcfork.stats import TRIGGER_NAME, StatsDir, StatsRecord
 from tests.conftest import StartServer, wait_for
@@ -106,7 +106,7 @@ def test_workers_publish_after_dropping_privileges(start_server: StartServer) ->
     # non-dumpable, and its /proc/PID/pagemap root's.)
     worker = server.worker_pids()[0]
     try:
-        assert cowprof.request_profile(worker, timeout=30).pid == worker
+        assert request_profile(worker, timeout=30).pid == worker
     except CowProfileError as exc:
         assert "the worker reported" in str(exc) and "pagemap" in str(exc), exc
     server.stop()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gcfork import cowprof, files
+from gcfork import files
 from gcfork.exceptions import CowProfileError
 from gcfork.memory import process_start
 from gcfork.stats import (
@@ -32,6 +32,7 @@ from gcfork.stats import (
     advertised,
     withdraw,
 )
+from gcfork.trigger import start_trigger
 from tests.conftest import wait_for
 
 NOBODY = 65534
@@ -209,14 +210,14 @@ def test_a_planted_trigger_directory_is_refused_and_removed(tmp_path: Path) -> N
     os.chown(trigger, 12345, 12345)  # another user's, as if planted
     (trigger / "explain-1.json").write_text("{}")
     with pytest.raises(CowProfileError, match=f"{trigger}.*uid 12345"):
-        cowprof.start_trigger(sdir)
+        start_trigger(sdir)
     sdir.destroy()
     assert not os.path.exists(sdir.path)
     sdir = StatsDir.create(None)
     Path(sdir.path, TRIGGER_NAME).rmdir()
     os.symlink(tmp_path, Path(sdir.path, TRIGGER_NAME))
     with pytest.raises(CowProfileError, match="symlink"):
-        cowprof.start_trigger(sdir)
+        start_trigger(sdir)
     sdir.destroy()
     assert not os.path.exists(sdir.path) and tmp_path.is_dir()
 

@@ -21,8 +21,8 @@ from gcfork.bench.table import checkpoint_line, summary
 from gcfork.bench.variants import VARIANTS, Variant, write_config
 from gcfork.bench.workload import Example, Settings, checkout_pythonpath
 from gcfork.config import STATS_DIR
-from gcfork.cowprof import render_explain, request_profile, trigger_dir
 from gcfork.exceptions import BenchError, GcforkError, ServerError
+from gcfork.explain import render_explain, request_profile, trigger_dir
 from gcfork.load import LoadResult, run_load
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.server import GunicornProcess

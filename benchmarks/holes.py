@@ -27,11 +27,14 @@ hole would have cost are mostly copied regardless; also emptying the free
 lists (``free_lists=True``) changes nothing either. With the heap made
 immortal (3.12, 30 requests per worker, where refcount writes no longer copy
 pages), filling saves 0.11 MiB per worker (13.72 -> 13.61 MiB, 0.8 %):
-real but small. So no setting turns it on: this module stays so that
-``benchmarks/holes_probe.py`` can reproduce the measurement on other apps and
-interpreters. It is not wired into the server: reading the statistics
-redirects file descriptor 2 for a few milliseconds, which could swallow a
-log line written by another thread of a running master.
+real but small. So no setting turns it on, and this module lives beside
+``benchmarks/holes_probe.py``, not in the ``gcfork`` package, so that the
+probe can reproduce the measurement on other apps and interpreters. It is not
+wired into the server: reading the statistics redirects file descriptor 2 for
+a few milliseconds, which could swallow a log line written by another thread
+of a running master. It needs only the standard library, so any interpreter
+can import it with the checkout on ``PYTHONPATH`` (``from benchmarks import
+holes``).
 
 Where each function runs: anywhere (read-only statistics), and
 :func:`fill_holes` in the master, right before the first fork, before the
@@ -49,8 +52,6 @@ import tempfile
 import time
 from typing import Callable, NamedTuple
 
-from gcfork.exceptions import PoolStatsUnavailable
-
 __all__ = [
     "FillResult",
     "FreeList",
@@ -64,6 +65,21 @@ __all__ = [
     "read_pool_stats",
     "release_fill",
 ]
+
+
+class PoolStatsUnavailable(Exception):
+    """The allocator's statistics could not be read or understood.
+
+    Args:
+        reason: why, in one sentence a user can act on.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"gcfork cannot read pymalloc's statistics: {self.reason}"
 
 
 class SizeClass(NamedTuple):

@@ -1,21 +1,26 @@
-"""gcfork.cowprof: a real worker (forked from a real master) profiles itself."""
+"""gcfork.explain: a real worker (forked from a real master) profiles itself."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from gcfork import cowprof
+import pytest
+
+from gcfork import explain
+from gcfork.exceptions import CowProfileError
+from gcfork.trigger import start_trigger
 from tests.conftest import REPO
 
 MASTER = """
     import gc, json, os, sys, time
-    from gcfork import cowprof
+    from gcfork import explain, trigger
 
     class Touched:
         def __init__(self, i):
@@ -38,10 +43,10 @@ MASTER = """
             obj.i  # a reference taken: the refcount is written, the page copied
         mode = sys.argv[1]
         if mode == "direct":
-            profile = cowprof.profile_self()
+            profile = explain.profile_self()
             os.write(write_end, json.dumps(profile.to_json()).encode())
         else:
-            cowprof.start_trigger(mode, interval=0.1)
+            trigger.start_trigger(mode, interval=0.1)
             time.sleep(30)
         os._exit(0)
     os.close(write_end)
@@ -54,23 +59,23 @@ MASTER = """
         deadline = time.monotonic() + 10
         while not os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        profile = cowprof.request_profile(pid, sys.argv[1], timeout=20)
+        profile = explain.request_profile(pid, sys.argv[1], timeout=20)
         os.kill(pid, 9)
         sys.stdout.write(json.dumps(profile.to_json()))
     os.waitpid(pid, 0)
 """
 
 
-def profile_of_worker(mode: str) -> cowprof.CowProfile:
+def profile_of_worker(mode: str) -> explain.CowProfile:
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(MASTER), mode], capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    return cowprof.CowProfile.from_json(json.loads(out.stdout))
+    return explain.CowProfile.from_json(json.loads(out.stdout))
 
 
-def check(profile: cowprof.CowProfile) -> None:
+def check(profile: explain.CowProfile) -> None:
     inherited = [r for r in profile.by_type if r.origin == "inherited"]
     top = [r.key for r in inherited[:3]]
     assert "__main__.Touched" in top, inherited[:5]
@@ -83,7 +88,7 @@ def check(profile: cowprof.CowProfile) -> None:
     anon = [m for m in profile.mappings if m.group in ("[anon]", "[heap]")]
     assert sum(m.private_dirty for m in anon) > 300 * profile.page_size
     assert profile.exclusive >= profile.with_objects > 0
-    text = cowprof.render_explain(profile)
+    text = explain.render_explain(profile)
     assert "__main__.Touched" in text and "[anon]" in text
 
 
@@ -98,20 +103,41 @@ def test_file_trigger_and_explain_cli(tmp_path: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     (result,) = directory.glob("explain-*.json")
     assert stat.S_IMODE(result.stat().st_mode) == 0o600
-    assert cowprof.explain_main(["--file", str(result), "--top", "5"]) == 0
+    assert explain.explain_main(["--file", str(result), "--top", "5"]) == 0
 
 
 def test_explain_reports_a_missing_worker(tmp_path: Path) -> None:
-    assert cowprof.explain_main(["--pid", "999999999", "--dir", str(tmp_path)]) == 1
+    assert explain.explain_main(["--pid", "999999999", "--dir", str(tmp_path)]) == 1
 
 
 def test_write_profile_is_private_and_round_trips(tmp_path: Path) -> None:
-    profile = cowprof.CowProfile(
+    profile = explain.CowProfile(
         pid=1, started=2, ppid=0, taken=0.0, seconds=0.1, python="3.12.1", page_size=4096,
         frozen=0, scanned=0, exclusive=0, with_objects=0,
-        by_type=[cowprof.ObjectRow("dict", "inherited", 3, 300, 2)],
+        by_type=[explain.ObjectRow("dict", "inherited", 3, 300, 2)],
     )
     path = tmp_path / "p.json"
-    cowprof.write_profile(profile, str(path))
+    explain.write_profile(profile, str(path))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert cowprof.read_profile(str(path)) == profile
+    assert explain.read_profile(str(path)) == profile
+
+
+def test_start_trigger_refuses_a_directory_others_may_enter(tmp_path: Path) -> None:
+    directory = tmp_path / "explain"
+    directory.mkdir()
+    directory.chmod(0o755)
+    with pytest.raises(CowProfileError, match=re.escape(f"refusing directory {directory}: ")
+                       + ".*mode 0755"):
+        start_trigger(str(directory))
+
+
+def test_the_server_side_loads_no_profiler() -> None:
+    # The worker's poll and start_trigger live in gcfork.trigger: the profiler
+    # is loaded only when a request comes.
+    code = ("import sys, gcfork, gcfork.gunicorn, gcfork.trigger; "
+            "print(sorted(m for m in sys.modules if m.startswith('gcfork.explain')))")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,
+    )
+    assert out.stdout.strip() == "[]", out.stdout
