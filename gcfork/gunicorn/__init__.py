@@ -12,9 +12,13 @@ on_starting        master   settle and log the policy; warn about missing preloa
 on_reload          master   after a HUP re-read the config: the new settings
                             (or, if refused, an error and the previous ones)
 when_ready         master   start the sampling thread (report line)
-pre_fork           master   give the worker a slot and thresholds; freeze;
-                            at the first fork, make the heap immortal
-                            (``immortalize``)
+pre_fork           master   give the worker a slot and thresholds; the freeze
+                            follows inside ``os.fork()`` (``gcfork.lifecycle``),
+                            for every fork of the master; at the first one,
+                            make the heap immortal (``immortalize``)
+on_dirty_starting  dirty    gunicorn 25+'s dirty arbiter (forked without
+                   arbiter  ``pre_fork``): GC off, a template for its dirty
+                            workers, which get the GC on
 post_fork          worker   set thresholds, enable the GC, log the proof;
                             start the thread publishing GC statistics and
                             the ``gcfork explain`` trigger

@@ -21,6 +21,7 @@ from gcfork.exceptions import (
     ThresholdsRefused,
     WarmupError,
 )
+from gcfork.lifecycle import LIFECYCLE
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
 from gcfork.stats import (
@@ -53,7 +54,6 @@ class Adapter:
         self.refused: str | None = None
         self.installed = False
         self.started = False
-        self._frozen_once = False
         self._slot_of_age: dict[int, int] = {}
         # Set in the master right before a fork, read in the child right after:
         # the child inherits it with the rest of the master's memory.
@@ -97,6 +97,10 @@ class Adapter:
                 server.log.warning("gcfork: warm-up skipped: it needs preload_app = True, "
                                    "since the master does not import the app without it")
         self._open_stats(server)
+        # From here on every fork of the master gets the policy, announced by
+        # pre_fork or not (the dirty arbiter); forks before (daemon) do not.
+        LIFECYCLE.on_first_freeze = lambda: self._first_freeze(server)
+        LIFECYCLE.arm(self.policy)
 
     def on_reload(self, server: Any) -> None:
         """Master, after a HUP re-read the config and before the new workers
@@ -107,6 +111,17 @@ class Adapter:
             return
         self._settle(server, None)
         server.log.info(self.policy.describe(preload=bool(server.cfg.preload_app)))
+
+    def on_dirty_starting(self, arbiter: Any) -> None:
+        """Dirty arbiter (gunicorn 25+), forked by the master without pre_fork:
+        it forks dirty workers from a loaded app, so it is a template too."""
+        if not LIFECYCLE.forked_from_template:
+            return
+        if self.policy.changes_gc:
+            actions.disable_in_master()
+        LIFECYCLE.arm(self.policy)
+        arbiter.log.info("gcfork: dirty arbiter pid=%s: GC %s, its workers forked with the "
+                         "policy", os.getpid(), "off" if self.policy.changes_gc else "as is")
 
     def _settle(self, server: Any, fatal: type[StartupError] | None) -> None:
         """Resolve the settings again now that gunicorn's environment is final.
@@ -132,6 +147,8 @@ class Adapter:
         elif not policy.changes_gc and self.policy.changes_gc:
             actions.enable_in_master()
         self.policy = policy
+        if LIFECYCLE.armed:
+            LIFECYCLE.policy = policy
 
     def _warm_up(self, server: Any) -> None:
         """Raises StartupError: before any fork, a warm-up path failed."""
@@ -276,14 +293,13 @@ class Adapter:
             server.log.warning("gcfork: something re-enabled the GC in the master; "
                                "disabling it again")
             actions.disable_in_master()
-        first = not self._frozen_once
-        self._frozen_once = True
-        # Before every freeze but the first, the cycles the master made since
-        # the last one (a HUP's config objects, gunicorn's bookkeeping) are
-        # freed, or they would be frozen and kept for the master's life.
-        actions.freeze(collect_first=first and self.policy.collect_before_freeze,
-                       collect_young=not first)
-        if first and self.policy.immortalizes:
+        # The freeze itself happens inside os.fork(), after every pre_fork hook
+        # (gcfork.lifecycle); this worker's GC is left to post_fork.
+        LIFECYCLE.announce()
+
+    def _first_freeze(self, server: Any) -> None:
+        # In the master, inside the first os.fork(), right after the first freeze.
+        if self.policy.immortalizes:
             # Once: a later walk would cost a third of the first for the few
             # objects the master made since, and would make immortal, so
             # never free, the bookkeeping of every worker that comes and goes.
@@ -317,6 +333,10 @@ class Adapter:
     # -- worker -------------------------------------------------------------
 
     def post_fork(self, server: Any, worker: Any) -> None:
+        if LIFECYCLE.failure is not None:
+            # Set in the master inside os.fork(), inherited with its memory.
+            worker.log.error("gcfork: worker age=%s: %s", worker.age, LIFECYCLE.failure)
+            LIFECYCLE.failure = None
         try:
             self._post_fork_gc(server, worker)
         finally:

@@ -1,0 +1,134 @@
+"""The fork lifecycle of a template process, carried by ``os.register_at_fork``.
+
+The *template* is the process that holds the loaded app and forks the workers
+(gunicorn's master, a Celery parent, a forkserver). Once an adapter arms the
+lifecycle in it, every fork of that process gets the policy, whether or not
+the server announces the fork through a hook of its own:
+
+- right before the fork, in the template: the GC stays off; before every
+  freeze but the first, the cycles made since the previous one are collected
+  (``gc.collect(0)``); then ``gc.freeze()``, as the very last step, after every
+  hook of the server and of the user;
+- right after, in the child: nothing more if the adapter announced the fork
+  (:meth:`ForkLifecycle.announce`: its own hook, e.g. gunicorn's ``post_fork``,
+  enables the GC with the worker's slot and logs it); otherwise the GC goes on
+  with the policy's thresholds (the interpreter's when they depend on a slot,
+  which only an announced fork has). A fork that makes another template (a
+  dirty arbiter) is re-armed there by its adapter.
+
+Not every fork makes a worker, and the lifecycle tells these apart by where
+and when they happen: forks made before the adapter arms it (gunicorn's
+``daemon`` double fork, before ``on_starting``) and forks made in any other
+process (a worker that forks, the profiler's throw-away child) are left
+alone. A child that execs right away (gunicorn's ``USR2`` upgrade) gets the
+child's steps, which the exec discards.
+
+The handlers run inside ``os.fork()``: they never raise (a failure is kept in
+:attr:`ForkLifecycle.failure` for the adapter to log) and never log
+themselves.
+
+.. versionadded:: 0.3
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from gcfork import actions
+from gcfork.exceptions import ConfigError, GcforkError
+from gcfork.policy import Policy
+from gcfork.typing import Thresholds, WorkerInfo
+
+__all__ = ["LIFECYCLE", "ForkLifecycle"]
+
+
+class ForkLifecycle:
+    """The fork policy of this process's template, one per process."""
+
+    def __init__(self) -> None:
+        self.policy = Policy.defaults()
+        # The pid whose forks get the policy; 0 while disarmed. A child finds
+        # its parent's pid here, and sets 0: its own forks are left alone.
+        self._template = 0
+        self._frozen_once = False
+        self._announced = False
+        self._registered = False
+        # Called in the template right after its first freeze (immortalize).
+        self.on_first_freeze: Callable[[], object] | None = None
+        # Why the last handler could not do its part, for the adapter to log.
+        self.failure: str | None = None
+        # In a child: whether it was forked by an armed template.
+        self.forked_from_template = False
+
+    @property
+    def armed(self) -> bool:
+        """Whether the forks of this process get the policy."""
+        return self._template == os.getpid()
+
+    @property
+    def frozen_once(self) -> bool:
+        return self._frozen_once
+
+    def arm(self, policy: Policy) -> None:
+        """Template: from now on every fork of this process gets ``policy``.
+
+        Call it where the server is about to fork workers (gunicorn's
+        ``on_starting``), not earlier: a fork before (``daemon``) makes the
+        template itself.
+        """
+        self.policy = policy
+        self._template = os.getpid()
+        self.forked_from_template = False
+        if not self._registered:
+            os.register_at_fork(before=self._before, after_in_child=self._after_in_child)
+            self._registered = True
+
+    def announce(self) -> None:
+        """Template, right before a fork that the adapter will finish in the
+        child (gunicorn's ``pre_fork``): the child leaves the GC to it."""
+        self._announced = True
+
+    def _before(self) -> None:
+        if not self.armed:
+            return
+        if not self.policy.changes_gc:
+            return
+        first = not self._frozen_once
+        self._frozen_once = True
+        try:
+            actions.disable_in_master()
+            # The first freeze is left alone unless asked: a collection of the
+            # freshly imported app would leave holes that workers copy.
+            actions.freeze(collect_first=first and self.policy.collect_before_freeze,
+                           collect_young=not first)
+            if first and self.on_first_freeze is not None:
+                self.on_first_freeze()
+        except Exception as exc:  # inside os.fork(): never raise there
+            self.failure = f"freezing before a fork failed: {exc!r}"
+
+    def _after_in_child(self) -> None:
+        announced, self._announced = self._announced, False
+        if self._template != os.getppid():
+            return
+        self._template = 0
+        self.forked_from_template = True
+        if announced or not self.policy.changes_gc:
+            return
+        try:
+            actions.enable_in_worker(self._unannounced_thresholds(),
+                                     enable=self.policy.workers_collect)
+        except GcforkError as exc:
+            self.failure = f"a fork without a worker slot: {exc}"
+
+    def _unannounced_thresholds(self) -> Thresholds | None:
+        if callable(self.policy.thresholds):
+            return None  # a slot the callable could be asked about is unknown
+        try:
+            return self.policy.thresholds_for(WorkerInfo(index=-1, age=0))
+        except ConfigError:
+            return None
+
+
+LIFECYCLE = ForkLifecycle()
+"""This process's lifecycle: armed in a template, inherited by its children."""

@@ -1,0 +1,117 @@
+"""The fork lifecycle on os.register_at_fork, against real gunicorn masters:
+forks that gunicorn makes without its pre_fork hook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import StartServer, wait_for
+from tests.test_gunicorn import ONE_LINE
+
+pytest.importorskip("gunicorn.dirty", reason="dirty apps need gunicorn 25 or later")
+
+
+def _states(server: object, path: str, wanted: int) -> dict[int, dict[str, object]]:
+    """GET ``path`` until ``wanted`` distinct pids answered: {pid: state}."""
+    seen: dict[int, dict[str, object]] = {}
+
+    def enough() -> bool:
+        status, body = server.get(path)  # type: ignore[attr-defined]
+        assert status == 200, body
+        state = json.loads(body)
+        seen[state["pid"]] = state
+        return len(seen) >= wanted
+
+    wait_for(enough, what=f"{wanted} processes answering {path}")
+    return seen
+
+
+def test_dirty_arbiter_and_its_workers_get_the_policy(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # gunicorn forks its dirty arbiter without pre_fork, and the arbiter forks
+    # the dirty workers itself: they used to inherit the master's GC, off.
+    arbiter_log = tmp_path / "arbiter.jsonl"
+    conf = (
+        ONE_LINE.format(settings=", thresholds=(777, 7, 7)")
+        + "preload_app = True\n"
+        + "dirty_apps = ['tests.apps.dirty:GCProbe']\ndirty_workers = 2\n"
+        + "import gc, json, os\n"
+        + "def dirty_post_fork(arbiter, worker):\n"
+        + f"    with open({str(arbiter_log)!r}, 'a') as f:\n"
+        + "        f.write(json.dumps({'pid': os.getpid(), 'enabled': gc.isenabled(),"
+        + " 'frozen': gc.get_freeze_count()}) + '\\n')\n"
+    )
+    server = start_server(conf, app="tests.apps.dirty:app", workers=1)
+    dirty = _states(server, "/dirty", 2)
+    arbiters = [json.loads(line) for line in arbiter_log.read_text().splitlines()]
+    arbiter_pid = arbiters[0]["pid"]
+    assert psutil.Process(arbiter_pid).ppid() == server.pid
+    # The arbiter is a template of its own: GC off at each of its forks.
+    assert all(a["pid"] == arbiter_pid and a["enabled"] is False for a in arbiters), arbiters
+    for state in dirty.values():
+        assert state["ppid"] == arbiter_pid, state
+        assert state["enabled"] is True and state["thresholds"] == [777, 7, 7], state
+        # Frozen by the arbiter right before its own fork.
+        assert state["own_worker_object_young"] == 0 and state["freeze_count"] > 0, state
+    (http,) = _states(server, "/gc", 1).values()
+    assert http["enabled"] is True and http["thresholds"] == [777, 7, 7]
+
+
+FORKS = """
+import gc, json, os, sys
+gc.disable()
+from gcfork.lifecycle import LIFECYCLE
+from gcfork.policy import Policy
+
+def fork(announce=False):
+    # The child reports its GC state, and that of its own child, on a pipe.
+    r, w = os.pipe()
+    if announce:
+        LIFECYCLE.announce()
+    pid = os.fork()
+    if pid == 0:
+        state = {"enabled": gc.isenabled(), "thresholds": list(gc.get_threshold()),
+                 "frozen": gc.get_freeze_count()}
+        gc.disable()
+        inner = os.fork()  # a fork in a child: left alone
+        if inner == 0:
+            os._exit(0 if gc.get_freeze_count() == state["frozen"] else 1)
+        state["inner_ok"] = os.waitpid(inner, 0)[1] == 0
+        os.write(w, json.dumps(state).encode())
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 65536)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+before = fork()                      # not armed yet: like gunicorn's daemon forks
+LIFECYCLE.arm(Policy.from_settings({"thresholds": (4321, 4, 4)}, environ={}))
+plain = fork()                       # a fork no hook announced
+announced = fork(announce=True)      # the adapter finishes this one itself
+print(json.dumps({"before": before, "plain": plain, "announced": announced,
+                  "master_enabled": gc.isenabled(), "master_frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_the_lifecycle_tells_forks_apart() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["before"]["enabled"] is False and result["before"]["frozen"] == 0
+    plain = result["plain"]
+    assert plain["enabled"] is True and plain["thresholds"] == [4321, 4, 4]
+    assert plain["frozen"] > 0 and plain["inner_ok"] is True
+    announced = result["announced"]
+    assert announced["enabled"] is False and announced["frozen"] >= plain["frozen"]
+    assert result["master_enabled"] is False
