@@ -161,3 +161,26 @@ def venv_with(python: str, name: str, *requirements: str) -> str:
                         *requirements], check=True)
         marker.write_text(" ".join(requirements))
     return str(bin_python)
+
+
+def gunicorn_interpreter(minor: str, gunicorn: str = "gunicorn") -> str:
+    """CPython ``3.<minor>`` from pyenv in a cached venv with ``gunicorn`` (a
+    requirement, e.g. ``gunicorn==23.0.0``) and psutil (gcfork's tools); the
+    test is skipped where that CPython is not installed."""
+    python = pyenv_python(minor)
+    if python is None:
+        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
+    return venv_with(python, f"py{minor}-{gunicorn.replace('==', '-')}", gunicorn, "psutil")
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in bytes, read directly (not through gcfork)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        lines = f.read().splitlines()[1:]
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
+
+
+def uss(pid: int) -> int:
+    """Bytes only this process maps: private clean + private dirty."""
+    fields = smaps_rollup(pid)
+    return fields["Private_Clean"] + fields["Private_Dirty"]

@@ -11,17 +11,9 @@ import pytest
 
 from gcfork import immortal
 from gcfork.exceptions import GcforkError
-from tests.conftest import REPO, pyenv_python, venv_with
+from tests.conftest import REPO, gunicorn_interpreter
 
 PROBE = REPO / "benchmarks" / "immortal_probe.py"
-
-
-def interpreter(minor: str) -> str:
-    python = pyenv_python(minor)
-    if python is None:
-        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
-    # The same cached venv as tests/test_versions.py: gcfork's package imports psutil.
-    return venv_with(python, f"py{minor}-gunicorn", "gunicorn", "psutil")
 
 
 def run(python: str, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -52,7 +44,7 @@ def test_unverified_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("minor", ["3.12", "3.13"])
 def test_reader_child_copies_far_less_when_immortal(minor: str) -> None:
-    python = interpreter(minor)
+    python = gunicorn_interpreter(minor)
     figures = {}
     for mode in ("freeze", "immortal"):
         out = subprocess.run(
@@ -72,7 +64,7 @@ def test_reader_child_copies_far_less_when_immortal(minor: str) -> None:
 def test_safety_rules_and_finalization(minor: str) -> None:
     """Finalizer objects and frames stay mortal; gc state is restored; a child
     that interns strings made immortal and a parent both finalize cleanly."""
-    python = interpreter(minor)
+    python = gunicorn_interpreter(minor)
     result = run(python, """
         import gc, io, os, sys
         from gcfork.immortal import immortalize_heap, is_immortal

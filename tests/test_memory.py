@@ -12,16 +12,9 @@ import pytest
 
 from gcfork import memory, procfs
 from gcfork.memory import EXITED, NO_PSS, MemorySample, RoleSample
-from tests.conftest import wait_for
+from tests.conftest import smaps_rollup, wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """/proc/PID/smaps_rollup in bytes, read directly."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        lines = f.read().splitlines()[1:]
-    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
 
 
 def near(a: float, b: float, rel: float = 0.01) -> bool:

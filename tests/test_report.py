@@ -42,8 +42,7 @@ from gcfork.stats import (
     StatsRecord,
     advertised,
 )
-from tests.conftest import StartServer, wait_for
-from tests.test_memory import smaps_rollup
+from tests.conftest import StartServer, smaps_rollup, wait_for
 
 CONF = """
 import gcfork; gcfork.install(globals(), report_interval={interval})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, StartServer, pyenv_python, venv_with, wait_for, worker_states
+from tests.conftest import REPO, StartServer, gunicorn_interpreter, uss, wait_for, worker_states
 from tests.test_gunicorn import conf
 
 
@@ -21,22 +21,6 @@ def stopped(server: object) -> tuple[int, str]:
     proc = server.proc  # type: ignore[attr-defined]
     assert proc is not None
     return proc.wait(timeout=30), server.log()  # type: ignore[attr-defined]
-
-
-def uss(pid: int) -> int:
-    """Bytes only this process maps: private clean + private dirty."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split()[:2]
-        fields[name] = int(value) * 1024
-    return fields["Private_Clean:"] + fields["Private_Dirty:"]
-
-
-def interpreter(minor: str) -> str:
-    python = pyenv_python(minor)
-    if python is None:
-        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
-    return venv_with(python, f"py{minor}-gunicorn", "gunicorn", "psutil")
 
 
 # -- warmup -------------------------------------------------------------------
@@ -103,7 +87,7 @@ def reader_uss_growth(start_server: StartServer, python: str, settings: str) -> 
 def test_immortal_heap_keeps_a_reading_worker_shared(
     start_server: StartServer, minor: str
 ) -> None:
-    python = interpreter(minor)
+    python = gunicorn_interpreter(minor)
     frozen = reader_uss_growth(start_server, python, "")
     immortal = reader_uss_growth(start_server, python, "immortalize=True")
     # 20,000 records of a dict, a list and strings: several MiB of pages that
@@ -113,7 +97,7 @@ def test_immortal_heap_keeps_a_reading_worker_shared(
 
 
 def test_immortalize_logs_once_and_respawned_workers_serve(start_server: StartServer) -> None:
-    server = start_server(conf("immortalize=True"), python=interpreter("3.12"), workers=2)
+    server = start_server(conf("immortalize=True"), python=gunicorn_interpreter("3.12"), workers=2)
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,

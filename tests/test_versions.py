@@ -12,20 +12,12 @@ import signal
 
 import pytest
 
-from tests.conftest import StartServer, pyenv_python, venv_with, wait_for, worker_states
+from tests.conftest import StartServer, gunicorn_interpreter, wait_for, worker_states
 
 CONF = """
 import gcfork; gcfork.install(globals(), thresholds=lambda w: (3000 + w.index, 10, 10))
 preload_app = True
 """
-
-
-def interpreter(minor: str, gunicorn: str = "gunicorn") -> str:
-    python = pyenv_python(minor)
-    if python is None:
-        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
-    name = f"py{minor}-{gunicorn.replace('==', '-')}"
-    return venv_with(python, name, gunicorn, "psutil")
 
 
 def check_cluster(start_server: StartServer, python: str) -> str:
@@ -53,11 +45,11 @@ def check_cluster(start_server: StartServer, python: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("minor", ["3.9", "3.10", "3.11", "3.12", "3.13"])
 def test_every_supported_python(start_server: StartServer, minor: str) -> None:
-    log = check_cluster(start_server, interpreter(minor))
+    log = check_cluster(start_server, gunicorn_interpreter(minor))
     assert f"CPython {minor}." in log
 
 
 @pytest.mark.slow
 def test_oldest_supported_gunicorn(start_server: StartServer) -> None:
-    log = check_cluster(start_server, interpreter("3.10", "gunicorn==20.1.0"))
+    log = check_cluster(start_server, gunicorn_interpreter("3.10", "gunicorn==20.1.0"))
     assert "Starting gunicorn 20.1.0" in log
