@@ -77,10 +77,25 @@ def _translated(pid: int, exc: Exception) -> OSError:
     return OSError(f"pid {pid}: {exc}")
 
 
+def _read(path: str) -> bytes:
+    # os.read on a descriptor, not a file object: a worker reads its own
+    # identity once, and each buffer and object it allocates there lands on a
+    # page it shares with the master, which it then copies.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def _open_proc(pid: int, name: str) -> bytes:
     try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
+        return _read(f"/proc/{pid}/{name}")
     except (FileNotFoundError, NotADirectoryError):
         raise ProcessLookupError(f"pid {pid}: no such process") from None
 
@@ -114,14 +129,28 @@ def start_time(pid: int) -> int:
         raise _translated(pid, exc) from None
 
 
+_boot: list[float] = []  # boot_time(), once read: the master's is inherited
+
+
 def boot_time() -> float:
-    """When the machine booted, in seconds since the epoch."""
+    """When the machine booted, in seconds since the epoch.
+
+    Read once per process tree: the kernel's ``btime`` moves when the clock is
+    stepped, and every process of a cluster should turn start ticks into the
+    same epoch seconds. The master reads it before its first fork.
+    """
+    if not _boot:
+        _boot.append(_read_boot_time())
+    return _boot[0]
+
+
+def _read_boot_time() -> float:
     if LINUX:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-        raise OSError("/proc/stat has no btime line")
+        data = _read("/proc/stat")
+        start = data.find(b"\nbtime ")
+        if start < 0:
+            raise OSError("/proc/stat has no btime line")
+        return float(data[start + 7 : data.index(b"\n", start + 1)])
     import psutil
 
     return float(psutil.boot_time())

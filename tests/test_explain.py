@@ -131,11 +131,14 @@ def test_start_trigger_refuses_a_directory_others_may_enter(tmp_path: Path) -> N
         start_trigger(str(directory))
 
 
-def test_the_server_side_loads_no_profiler() -> None:
+def test_the_server_side_loads_no_profiler_and_no_tool_dependency() -> None:
     # The worker's poll and start_trigger live in gcfork.trigger: the profiler
-    # is loaded only when a request comes.
+    # is loaded only when a request comes. What the server imports is paid by
+    # the whole cluster (docs/benchmarks.md): no psutil on Linux, no hashlib.
+    heavy = ("gcfork.explain", "gcfork.bench", "psutil", "secrets", "hashlib", "platform",
+             "concurrent.futures")
     code = ("import sys, gcfork, gcfork.gunicorn, gcfork.trigger; "
-            "print(sorted(m for m in sys.modules if m.startswith('gcfork.explain')))")
+            f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,

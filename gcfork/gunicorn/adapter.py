@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
-from gcfork import actions, fastexit, immortal, memory, warmup
+from gcfork import actions, fastexit, immortal, memory, procfs, warmup
 from gcfork.exceptions import (
     ConfigError,
     ImmortalizeUnsupported,
@@ -101,6 +102,9 @@ class Adapter:
         # pre_fork or not (the dirty arbiter); forks before (daemon) do not.
         LIFECYCLE.on_first_freeze = lambda: self._first_freeze(server)
         LIFECYCLE.arm(self.policy)
+        with contextlib.suppress(OSError):
+            # Read once here, inherited: no worker reads /proc/stat for its record.
+            procfs.boot_time()
 
     def on_reload(self, server: Any) -> None:
         """Master, after a HUP re-read the config and before the new workers
