@@ -39,6 +39,10 @@ class GunicornProcess:
         env: extra environment variables.
         args: extra command-line arguments for gunicorn.
         host: address to bind; loopback unless told otherwise.
+        inherit_socket: bind the socket here and pass it to gunicorn
+            (``fd://N``), so the port is known before it starts; False makes
+            gunicorn bind a free port itself, which its ``USR2`` upgrade
+            needs (a re-executed master cannot reuse an inherited ``fd://``).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class GunicornProcess:
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         host: str = "127.0.0.1",
+        inherit_socket: bool = True,
     ) -> None:
         self.app = app
         self.config = os.fspath(config)
@@ -60,6 +65,7 @@ class GunicornProcess:
         self.env = dict(env or {})
         self.args = list(args)
         self.host = host
+        self.inherit_socket = inherit_socket
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -70,16 +76,24 @@ class GunicornProcess:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.host, 0))
-        self._sock.listen(128)
         self.port = self._sock.getsockname()[1]
-        fd = self._sock.fileno()
+        pass_fds: tuple[int, ...]
+        if self.inherit_socket:
+            self._sock.listen(128)
+            bind, pass_fds = f"fd://{self._sock.fileno()}", (self._sock.fileno(),)
+        else:
+            # A free port, released for gunicorn to bind (a race that loopback
+            # tests lose only if another process takes that port meanwhile).
+            self._sock.close()
+            self._sock = None
+            bind, pass_fds = f"{self.host}:{self.port}", ()
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "gunicorn", "-c", self.config, "--bind", f"fd://{fd}",
+                [self.python, "-m", "gunicorn", "-c", self.config, "--bind", bind,
                  *self.args, self.app],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                pass_fds=(fd,), cwd=self.cwd, env=env, preexec_fn=_stop_with_parent,
+                pass_fds=pass_fds, cwd=self.cwd, env=env, preexec_fn=_stop_with_parent,
             )
         return self
 

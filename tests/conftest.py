@@ -45,6 +45,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         ready: bool = True,
         args: Sequence[str] = (),
         expect_errors: bool = False,
+        inherit_socket: bool = True,
     ) -> GunicornProcess:
         n = len(servers)
         config = tmp_path / f"gunicorn_{n}.conf.py"
@@ -55,6 +56,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         server = GunicornProcess(
             app, config, tmp_path / f"gunicorn_{n}.log", python=python, cwd=REPO,
             env={"PYTHONPATH": str(REPO), **(env or {})}, args=args,
+            inherit_socket=inherit_socket,
         )
         servers.append((server, expect_errors))
         server.start()

@@ -1,9 +1,12 @@
 """The fork lifecycle on os.register_at_fork, against real gunicorn masters:
-forks that gunicorn makes without its pre_fork hook."""
+forks that gunicorn makes without its pre_fork hook, and forks that make no
+worker."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -115,3 +118,67 @@ def test_the_lifecycle_tells_forks_apart() -> None:
     announced = result["announced"]
     assert announced["enabled"] is False and announced["frozen"] >= plain["frozen"]
     assert result["master_enabled"] is False
+
+
+def test_usr2_upgrade_forks_a_new_master_whose_workers_get_the_policy(
+    start_server: StartServer,
+) -> None:
+    # USR2: the master forks a child that execs a new master. That fork makes
+    # no worker (the child's GC steps are discarded by the exec); the new
+    # master installs gcfork from its own config and freezes for its workers.
+    conf = ONE_LINE.format(settings=", thresholds=(654, 6, 6)") + "preload_app = True\n"
+    server = start_server(conf, workers=2, inherit_socket=False)
+    old = set(server.worker_pids())
+    server.signal(signal.SIGUSR2)
+
+    def new_master() -> int | None:
+        for child in psutil.Process(server.pid).children():
+            if child.pid not in old and len(child.children()) >= 2:
+                return child.pid
+        return None
+
+    upgraded = wait_for(new_master, what="a new master with its workers")
+    try:
+        new_workers = {c.pid for c in psutil.Process(upgraded).children()}
+        states = _states(server, "/gc", 4)
+        assert set(states) == old | new_workers
+        for state in states.values():
+            assert state["enabled"] is True and state["thresholds"] == [654, 6, 6], state
+            assert state["enabled_at_import"] is False, state
+    finally:
+        os.kill(upgraded, signal.SIGTERM)
+        wait_for(lambda: not psutil.pid_exists(upgraded)
+                 or psutil.Process(upgraded).status() == psutil.STATUS_ZOMBIE,
+                 what="the new master's exit")
+
+
+def test_daemon_mode_forks_before_the_lifecycle_is_armed(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # daemon = True: gunicorn forks twice before on_starting, and the last
+    # child becomes the master. Those forks make no worker: the master-to-be
+    # must keep its GC off while it imports the app.
+    pidfile = tmp_path / "master.pid"
+    conf = (ONE_LINE.format(settings=", thresholds=(543, 5, 5)")
+            + f"preload_app = True\ndaemon = True\npidfile = {str(pidfile)!r}\n")
+    server = start_server(conf, workers=2, ready=False, inherit_socket=False)
+
+    def master_pid() -> int | None:
+        try:
+            return int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    master = wait_for(master_pid, what="the daemon's pidfile")
+    try:
+        assert master != server.pid
+        states = _states(server, "/gc", 2)
+        for state in states.values():
+            assert state["ppid"] == master, state
+            assert state["enabled"] is True and state["thresholds"] == [543, 5, 5], state
+            assert state["enabled_at_import"] is False, state
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not psutil.pid_exists(master)
+                 or psutil.Process(master).status() == psutil.STATUS_ZOMBIE,
+                 what="the daemon's exit")
