@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gcfork.report import JSONRenderer, collect
 from tests.conftest import StartServer, wait_for
 from tests.test_gunicorn import ONE_LINE
 
@@ -63,6 +64,15 @@ def test_dirty_arbiter_and_its_workers_get_the_policy(
         assert state["own_worker_object_young"] == 0 and state["freeze_count"] > 0, state
     (http,) = _states(server, "/gc", 1).values()
     assert http["enabled"] is True and http["thresholds"] == [777, 7, 7]
+    # The report shows the dirty workers with their own GC records.
+    def dirty_rows() -> list[dict[str, object]]:
+        report = json.loads(JSONRenderer()(collect(server.pid)))
+        rows = [p for p in report["processes"] if p["role"] == "dirty-worker"]
+        return rows if len(rows) == 2 and all(p["gc"] for p in rows) else []
+
+    for row in wait_for(dirty_rows, what="the dirty workers' records"):
+        assert row["pid"] in dirty and row["gc"]["enabled"] is True, row
+        assert row["gc"]["thresholds"] == [777, 7, 7], row
 
 
 FORKS = """

@@ -19,6 +19,8 @@ pre_fork           master   give the worker a slot and thresholds; the freeze
 on_dirty_starting  dirty    gunicorn 25+'s dirty arbiter (forked without
                    arbiter  ``pre_fork``): GC off, a template for its dirty
                             workers, which get the GC on
+dirty_worker_init  dirty    publish the dirty worker's GC record
+                   worker
 post_fork          worker   set thresholds, enable the GC, log the proof;
                             start the thread publishing GC statistics and
                             the ``gcfork explain`` trigger

@@ -116,6 +116,12 @@ class Adapter:
         self._settle(server, None)
         server.log.info(self.policy.describe(preload=bool(server.cfg.preload_app)))
 
+    def dirty_worker_init(self, worker: Any) -> None:
+        """Dirty worker, after loading its dirty apps: publish its GC record,
+        so that the report shows its collections as a worker's."""
+        if LIFECYCLE.forked_from_template:
+            self._start_publishing(worker)
+
     def on_dirty_starting(self, arbiter: Any) -> None:
         """Dirty arbiter (gunicorn 25+), forked by the master without pre_fork:
         it forks dirty workers from a loaded app, so it is a template too."""
@@ -373,9 +379,10 @@ class Adapter:
         try:
             self.collector.reset()
             self.collector.install()
-            # worker.nr is read from the thread: the request path does no work for it.
+            # worker.nr is read from the thread: the request path does no work for it
+            # (a dirty worker has no count: None).
             self.publisher = Publisher(
-                self.stats, lambda: self.collector.record("worker", worker.nr),
+                self.stats, lambda: self.collector.record("worker", getattr(worker, "nr", None)),
                 on_error=lambda msg: worker.log.warning("gcfork: %s", msg),
                 also=self._explain_trigger(self.stats, worker),
             )

@@ -28,7 +28,7 @@ HOOK_ARITY = {
     "post_worker_init": 1,
     "worker_exit": 2, "child_exit": 2, "on_exit": 1,
     # gunicorn 25+; an older gunicorn ignores a config name it does not know.
-    "on_dirty_starting": 1,
+    "on_dirty_starting": 1, "dirty_worker_init": 1,
 }
 _OURS_LAST = frozenset({"pre_fork"})
 # gcfork steps that follow the user's hook of that name, even one that raised.
