@@ -36,6 +36,18 @@ _THEN = {"worker_exit": "worker_exit_last"}
 
 
 
+_SIGNATURES: dict[str, inspect.Signature] = {}
+
+
+def _signature(name: str) -> inspect.Signature:
+    # Made once per process: a HUP makes new chains, and anything they own
+    # alone becomes the master's garbage, kept for its life once frozen
+    # (docs/how-it-works.md, "What the master leaves behind").
+    if name not in _SIGNATURES:
+        _SIGNATURES[name] = inspect.signature(getattr(ADAPTER, name))
+    return _SIGNATURES[name]
+
+
 class _Chain:
     """A gunicorn hook that runs gcfork's part and the user's, in that order
     (reversed for ``pre_fork``; a second gcfork step follows the user's
@@ -45,7 +57,7 @@ class _Chain:
         self.name = name
         self.theirs = theirs
         # gunicorn checks a hook's arity; give it the one of gcfork's method.
-        self.__signature__ = inspect.signature(getattr(ADAPTER, name))
+        self.__signature__ = _signature(name)
 
     def __call__(self, *args: Any) -> None:
         if self.name in _OURS_LAST:
