@@ -34,6 +34,7 @@ __all__ = [
     "make_dir",
     "open_dir",
     "read_private",
+    "write_all",
     "write_private",
 ]
 
@@ -93,6 +94,13 @@ def make_dir(dir_fd: int, name: str, owner: tuple[int, int] | None = None) -> in
         raise
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to the descriptor ``fd`` whole (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_private(dir_fd: int, name: str, data: bytes) -> None:
     """Write ``data`` as ``name`` in ``dir_fd``, mode 0600, atomically.
 
@@ -105,9 +113,7 @@ def write_private(dir_fd: int, name: str, data: bytes) -> None:
     fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

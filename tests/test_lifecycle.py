@@ -34,6 +34,14 @@ def _states(server: object, path: str, wanted: int) -> dict[int, dict[str, objec
     return seen
 
 
+def _stop_master(pid: int) -> None:
+    """Stop a master the fixture did not start (it is not its child)."""
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not psutil.pid_exists(pid)
+             or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             what=f"master {pid}'s exit")
+
+
 def test_dirty_arbiter_and_its_workers_get_the_policy(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -156,10 +164,7 @@ def test_usr2_upgrade_forks_a_new_master_whose_workers_get_the_policy(
             assert state["enabled"] is True and state["thresholds"] == [654, 6, 6], state
             assert state["enabled_at_import"] is False, state
     finally:
-        os.kill(upgraded, signal.SIGTERM)
-        wait_for(lambda: not psutil.pid_exists(upgraded)
-                 or psutil.Process(upgraded).status() == psutil.STATUS_ZOMBIE,
-                 what="the new master's exit")
+        _stop_master(upgraded)
 
 
 def test_daemon_mode_forks_before_the_lifecycle_is_armed(
@@ -188,7 +193,4 @@ def test_daemon_mode_forks_before_the_lifecycle_is_armed(
             assert state["enabled"] is True and state["thresholds"] == [543, 5, 5], state
             assert state["enabled_at_import"] is False, state
     finally:
-        os.kill(master, signal.SIGTERM)
-        wait_for(lambda: not psutil.pid_exists(master)
-                 or psutil.Process(master).status() == psutil.STATUS_ZOMBIE,
-                 what="the daemon's exit")
+        _stop_master(master)

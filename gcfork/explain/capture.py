@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from gcfork import procfs
+from gcfork import files, procfs
 from gcfork.exceptions import CowProfileError
 from gcfork.explain.model import CowProfile
 from gcfork.explain.pages import (
@@ -103,9 +103,7 @@ def _in_child(work: Any, pid: int, timeout: float) -> bytes:
             text = json.dumps({"error": repr(exc)}).encode()
             status = 1
         try:
-            view = memoryview(text)
-            while view:
-                view = view[os.write(write_end, view):]
+            files.write_all(write_end, text)
         finally:
             os._exit(status)
     os.close(write_end)
