@@ -68,7 +68,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from gcfork import actions
+from gcfork import actions, procfs
 from gcfork.exceptions import ImmortalizeUnsupported
 
 __all__ = [
@@ -348,7 +348,6 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
 
 def _rss() -> int:
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return procfs.rss(os.getpid())
     except (OSError, ValueError, IndexError):
         return 0

@@ -92,6 +92,7 @@ class ForkLifecycle:
     def _before(self) -> None:
         if not self.armed:
             return
+        self.failure = None  # each fork's child reports only its own
         if not self.policy.changes_gc:
             return
         first = not self._frozen_once

@@ -31,6 +31,7 @@ __all__ = [
     "descendants",
     "is_zombie",
     "memory",
+    "rss",
     "start_time",
     "stat",
 ]
@@ -185,6 +186,17 @@ def is_zombie(pid: int) -> bool:
         return True
 
 
+def rss(pid: int) -> int:
+    """``pid``'s resident set size in bytes (``/proc/PID/statm`` on Linux).
+
+    Raises:
+        ProcessLookupError, PermissionError: as :func:`stat`.
+    """
+    if LINUX:
+        return int(_open_proc(pid, "statm").split()[1]) * _PAGE_SIZE
+    return _memory_psutil(pid).rss
+
+
 def memory(pid: int) -> Memory:
     """``pid``'s RSS, PSS, USS (private clean + private dirty) and swap.
 
@@ -197,12 +209,12 @@ def memory(pid: int) -> Memory:
     """
     if not LINUX:
         return _memory_psutil(pid)
-    rss = int(_open_proc(pid, "statm").split()[1]) * _PAGE_SIZE
+    resident = rss(pid)
     if not HAS_PSS:
-        return Memory(rss, None, None, None)
+        return Memory(resident, None, None, None)
     sums = _smaps_sums(_open_proc(pid, "smaps_rollup" if _ROLLUP else "smaps"))
     uss = sums.get(b"Private_Clean:", 0) + sums.get(b"Private_Dirty:", 0)
-    return Memory(rss, sums.get(b"Pss:", 0), uss, sums.get(b"Swap:", 0))
+    return Memory(resident, sums.get(b"Pss:", 0), uss, sums.get(b"Swap:", 0))
 
 
 _WANTED = (b"Pss:", b"Private_Clean:", b"Private_Dirty:", b"Swap:")

@@ -194,3 +194,45 @@ def test_daemon_mode_forks_before_the_lifecycle_is_armed(
             assert state["enabled_at_import"] is False, state
     finally:
         _stop_master(master)
+
+
+FAILING = """
+import gc, json, os
+gc.disable()
+from gcfork.lifecycle import LIFECYCLE
+from gcfork.policy import Policy
+
+def child_failure():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(LIFECYCLE.failure).encode())
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 65536)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+def boom():
+    raise RuntimeError("immortalize went wrong")
+
+LIFECYCLE.on_first_freeze = boom  # the step that runs inside the first fork
+LIFECYCLE.arm(Policy.from_settings({}, environ={}))
+print(json.dumps([child_failure(), child_failure()]))
+"""
+
+
+def test_a_failure_inside_fork_reaches_that_child_only() -> None:
+    # The handlers may not raise or log inside os.fork(): the child that was
+    # forked carries the reason (the adapter logs it at ERROR), the next does not.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", FAILING], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout)
+    assert first is not None and "immortalize went wrong" in first
+    assert second is None

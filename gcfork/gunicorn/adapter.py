@@ -120,6 +120,7 @@ class Adapter:
         """Dirty worker, after loading its dirty apps: publish its GC record,
         so that the report shows its collections as a worker's."""
         if LIFECYCLE.forked_from_template:
+            _log_lifecycle_failure(worker.log, f"dirty worker pid={os.getpid()}")
             self._start_publishing(worker)
 
     def on_dirty_starting(self, arbiter: Any) -> None:
@@ -127,6 +128,7 @@ class Adapter:
         it forks dirty workers from a loaded app, so it is a template too."""
         if not LIFECYCLE.forked_from_template:
             return
+        _log_lifecycle_failure(arbiter.log, f"dirty arbiter pid={os.getpid()}")
         if self.policy.changes_gc:
             actions.disable_in_master()
         LIFECYCLE.arm(self.policy)
@@ -343,10 +345,7 @@ class Adapter:
     # -- worker -------------------------------------------------------------
 
     def post_fork(self, server: Any, worker: Any) -> None:
-        if LIFECYCLE.failure is not None:
-            # Set in the master inside os.fork(), inherited with its memory.
-            worker.log.error("gcfork: worker age=%s: %s", worker.age, LIFECYCLE.failure)
-            LIFECYCLE.failure = None
+        _log_lifecycle_failure(worker.log, f"worker age={worker.age}")
         try:
             self._post_fork_gc(server, worker)
         finally:
@@ -458,3 +457,11 @@ class Adapter:
 
 # One per process: made at import in the master, inherited by every worker.
 ADAPTER = Adapter()
+
+
+def _log_lifecycle_failure(log: Any, who: str) -> None:
+    """In a child, right after its fork: what the lifecycle could not do for it
+    (set inside os.fork(), where nothing may log), at ERROR."""
+    if LIFECYCLE.failure is not None:
+        log.error("gcfork: %s: %s", who, LIFECYCLE.failure)
+        LIFECYCLE.failure = None
