@@ -6,9 +6,9 @@ into text in ``__call__``: :class:`TableRenderer` (for a person),
 always valid JSON) and :class:`LogLineRenderer` (one line for gunicorn's log);
 :func:`worker_exit_line` is the master's line about a worker that exited.
 
-Every figure may come from a record another process wrote, so none of the
-formatters may raise on one: a value that is not finite or is absurdly large
-is shown as ``-`` (null in JSON). :mod:`gcfork.report` re-exports all of this.
+Figures are written as :mod:`gcfork.units` says (``-`` for a figure that is
+missing or not to be trusted, null in JSON). :mod:`gcfork.report` re-exports
+all of this.
 
 .. versionadded:: 0.3
    Split from :mod:`gcfork.report`.
@@ -23,6 +23,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gcfork.stats import StatsRecord
+from gcfork.units import (
+    MAX_BYTES,
+    MISSING,
+    format_age,
+    format_bytes,
+    format_count,
+    format_ms,
+    format_percent,
+    plural,
+)
 
 if TYPE_CHECKING:  # gcfork.report imports this module: no import cycle at run time
     from gcfork.report import ProcessRow, Report
@@ -31,80 +41,9 @@ __all__ = [
     "JSONRenderer",
     "LogLineRenderer",
     "TableRenderer",
-    "format_age",
-    "format_bytes",
     "json_safe",
-    "plural",
     "worker_exit_line",
 ]
-
-_MIB = 1024 * 1024
-
-# Figures can come from a record another process wrote (a bug, a tamperer):
-# beyond these bounds, or not finite, they are shown as "-" instead of
-# overflowing (int(inf)) or hitting the int-to-str digit limit (3.11+).
-_MAX_BYTES = 2**63
-_MAX_SECONDS = 1000 * 365 * 86400.0
-_MAX_COUNT = 10**18
-
-
-def _finite(value: float | None, bound: float) -> float | None:
-    """``value`` as a float if it is finite and within ``bound``, else None."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, ValueError, TypeError):
-        return None
-    return number if math.isfinite(number) and abs(number) <= bound else None
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 worker``, ``2 workers``; ``many`` for an irregular plural."""
-    count = _count(n)
-    return f"{count} {word if n == 1 else many or word + 's'}"
-
-
-def _count(n: int | None) -> str:
-    if n is None or isinstance(n, bool) or not isinstance(n, int) or abs(n) > _MAX_COUNT:
-        return "-"
-    return str(n)
-
-
-def format_bytes(n: float | None, unit: str = "MiB") -> str:
-    """``n`` bytes in ``unit`` (MiB or MB) with one decimal; ``-`` for None or
-    a figure that is not finite or beyond 2**63."""
-    value = _finite(n, _MAX_BYTES)
-    if value is None:
-        return "-"
-    divisor = _MIB if unit == "MiB" else 1_000_000
-    return f"{value / divisor:.1f} {unit}"
-
-
-def format_age(seconds: float | None) -> str:
-    """A duration in the two largest units: ``45s``, ``5m02s``, ``3h04m``, ``2d03h``;
-    ``-`` for None, a negative or non-finite value, or beyond 1000 years."""
-    value = _finite(seconds, _MAX_SECONDS)
-    if value is None or value < 0:
-        return "-"
-    s = int(value)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _ms(seconds: float | None) -> str:
-    value = _finite(seconds, _MAX_SECONDS)
-    return "-" if value is None else f"{value * 1000:.1f} ms"
-
-
-def _pct(value: float | None) -> str:
-    clean = _finite(value, 1e6)
-    return "-" if clean is None else f"{clean:.0f} %"
 
 
 class TableRenderer:
@@ -120,8 +59,7 @@ class TableRenderer:
     _HEAD = ("ROLE", "PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "MAX PAUSE")
 
     def __init__(self, unit: str = "MiB") -> None:
-        if unit not in ("MiB", "MB"):
-            raise ValueError(f"unit must be 'MiB' or 'MB', not {unit!r}")
+        format_bytes(0, unit)  # a unit it does not know fails here, not at the first report
         self._unit = unit
 
     def _size(self, n: int | float | None) -> str:
@@ -129,11 +67,13 @@ class TableRenderer:
 
     def _row(self, row: ProcessRow, now: float) -> list[str]:
         m, s = row.memory, row.stats
-        gc_cell = "-" if s is None else _count(s.collections) + ("" if s.gc_enabled else " (off)")
+        gc_cell = MISSING if s is None else (format_count(s.collections)
+                                             + ("" if s.gc_enabled else " (off)"))
         return [
-            row.role, str(m.pid), format_age(row.age(now)), _count(row.requests),
-            self._size(m.rss), self._size(m.pss), self._size(m.uss), _pct(m.shared_percent),
-            gc_cell, "-" if s is None or not s.collections else _ms(s.pause_max),
+            row.role, str(m.pid), format_age(row.age(now)), format_count(row.requests),
+            self._size(m.rss), self._size(m.pss), self._size(m.uss),
+            format_percent(m.shared_percent),
+            gc_cell, MISSING if s is None or not s.collections else format_ms(s.pause_max),
             m.problem or "",
         ]
 
@@ -160,14 +100,14 @@ class TableRenderer:
         lines += ["", report.summary() + "."]
         if t.mean_worker_uss is not None and t.mean_worker_shared_percent is not None:
             lines.append(f"mean worker: {self._size(t.mean_worker_uss)} private, "
-                         f"{t.mean_worker_shared_percent:.0f} % of its RSS shared.")
+                         f"{format_percent(t.mean_worker_shared_percent)} of its RSS shared.")
         lines += [f"note: {n}" for n in report.notes]
         return "\n".join(lines)
 
 
 def _sum_requests(report: Report) -> str:
     counts = [r.requests for r in report.workers if r.requests is not None]
-    return _count(sum(counts)) if counts else "-"
+    return format_count(sum(counts)) if counts else MISSING
 
 
 def json_safe(value: Any) -> Any:
@@ -177,7 +117,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if abs(value) <= _MAX_BYTES else None
+        return value if abs(value) <= MAX_BYTES else None
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -228,8 +168,8 @@ class LogLineRenderer:
         t = report.totals
         parts = [plural(t.workers, "worker"), f"sum RSS {format_bytes(t.sum_rss)}",
                  f"sum PSS {format_bytes(t.sum_pss)}",
-                 f"savings {_pct(t.savings_percent)}",
-                 f"mean worker shared {_pct(t.mean_worker_shared_percent)}"]
+                 f"savings {format_percent(t.savings_percent)}",
+                 f"mean worker shared {format_percent(t.mean_worker_shared_percent)}"]
         if t.unmeasured:
             parts.append(f"{t.unmeasured} not measured")
         return self._prefix + ", ".join(parts)
@@ -251,7 +191,7 @@ def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
         gc_part = "0 GC collections"
     else:
         gc_part = (f"{plural(record.collections, 'GC collection')}, "
-                   f"max pause {_ms(record.pause_max)}")
+                   f"max pause {format_ms(record.pause_max)}")
     if record is None or record.requests is None:
         requests = "- requests"
     else:

@@ -28,17 +28,9 @@ from gcfork import memory
 from gcfork.discover import WORKER, classify
 from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
-from gcfork.render import (
-    JSONRenderer,
-    LogLineRenderer,
-    TableRenderer,
-    format_age,
-    format_bytes,
-    json_safe,
-    plural,
-    worker_exit_line,
-)
+from gcfork.render import JSONRenderer, LogLineRenderer, TableRenderer, json_safe, worker_exit_line
 from gcfork.stats import StatsDir, StatsRecord, advertised
+from gcfork.units import format_age, format_bytes, format_percent, plural
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -134,8 +126,8 @@ class Report:
                 return "nothing could be measured"
             return (f"savings unknown: no PSS here, so the sum of RSS ({format_bytes(t.sum_rss)}) "
                     f"is only an upper bound of what {workers} and the master cost")
-        text = (f"copy-on-write saves {format_bytes(t.savings)} ({t.savings_percent:.0f} %) "
-                f"across {workers}")
+        text = (f"copy-on-write saves {format_bytes(t.savings)} "
+                f"({format_percent(t.savings_percent)}) across {workers}")
         if t.unmeasured:
             text += f" ({plural(t.unmeasured, 'process', 'processes')} not measured)"
         return text

@@ -11,16 +11,13 @@ from typing import Any
 
 from gcfork.bench.results import Checkpoint, Run
 from gcfork.bench.workload import Settings
+from gcfork.units import MISSING, format_bytes, format_count, format_ms, format_percent
 
 __all__ = ["ROWS", "checkpoint_line", "render_table", "summary"]
 
 
-def _mb(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value / 2**20:,.1f} MiB"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.1f} %"
+def _from_ms(value: float) -> str:  # latencies are kept in milliseconds
+    return format_ms(value / 1000)
 
 
 def _median(values: Sequence[float | None]) -> float:
@@ -29,21 +26,22 @@ def _median(values: Sequence[float | None]) -> float:
 
 
 ROWS: Sequence[tuple[str, str, Callable[[float], str]]] = (
-    ("cluster PSS", "cluster_pss", _mb),
-    ("sum of RSS", "sum_rss", _mb),
-    ("mean worker USS", "mean_worker_uss", _mb),
-    ("mean worker shared", "mean_worker_shared_pct", _pct),
-    ("master RSS", "master_rss", _mb),
-    ("GC collections (workers)", "gc_collections", lambda v: f"{v:,.0f}"),
-    ("GC max pause", "gc_max_pause", lambda v: f"{v * 1000:.1f} ms"),
+    ("cluster PSS", "cluster_pss", format_bytes),
+    ("sum of RSS", "sum_rss", format_bytes),
+    ("mean worker USS", "mean_worker_uss", format_bytes),
+    ("mean worker shared", "mean_worker_shared_pct", format_percent),
+    ("master RSS", "master_rss", format_bytes),
+    ("GC collections (workers)", "gc_collections", format_count),
+    ("GC max pause", "gc_max_pause", format_ms),
 )
 
 
 def checkpoint_line(checkpoint: Checkpoint) -> str:
     """The figures of one checkpoint in a line, for the progress output."""
     m = checkpoint.measured
-    return (f"cluster PSS {_mb(m.get('cluster_pss'))}, mean worker USS "
-            f"{_mb(m.get('mean_worker_uss'))}, shared {_pct(m.get('mean_worker_shared_pct'))}")
+    return (f"cluster PSS {format_bytes(m.get('cluster_pss'))}, mean worker USS "
+            f"{format_bytes(m.get('mean_worker_uss'))}, "
+            f"shared {format_percent(m.get('mean_worker_shared_pct'))}")
 
 
 def summary(runs: Sequence[Run], variants: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -86,7 +84,7 @@ def render_table(summary_: Mapping[str, Mapping[str, Any]], settings: Settings,
     def cell(name: str, key: str, fmt: Callable[[float], str]) -> str:
         value = summary_[name][key]
         if value is None or math.isnan(value):
-            return "n/a"
+            return MISSING
         text = fmt(value)
         if name != names[0] and base[key] and not math.isnan(base[key]):
             text += f" ({value / base[key]:.2f}x)"
@@ -95,12 +93,12 @@ def render_table(summary_: Mapping[str, Mapping[str, Any]], settings: Settings,
     for label, key, fmt in ROWS:
         rows.append((label, *(cell(n, key, fmt) for n in names)))
     rows.append(("requests/s", *(
-        cell(n, "requests_per_second", lambda v: f"{v:,.0f}")
+        cell(n, "requests_per_second", format_count)
         + ("" if settings.repeat == 1 else
            f" [{summary_[n]['rps_min']:,.0f}-{summary_[n]['rps_max']:,.0f}]")
         for n in names)))
-    rows.append(("latency p50", *(cell(n, "p50_ms", lambda v: f"{v:.1f} ms") for n in names)))
-    rows.append(("latency p99", *(cell(n, "p99_ms", lambda v: f"{v:.1f} ms") for n in names)))
+    rows.append(("latency p50", *(cell(n, "p50_ms", _from_ms) for n in names)))
+    rows.append(("latency p99", *(cell(n, "p99_ms", _from_ms) for n in names)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(row, widths))) for row in rows]

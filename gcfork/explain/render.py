@@ -11,16 +11,9 @@ from __future__ import annotations
 import os
 
 from gcfork.explain.model import CowProfile
+from gcfork.units import format_size
 
 __all__ = ["render_explain"]
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _group_name(group: str) -> str:
@@ -50,15 +43,15 @@ def render_explain(profile: CowProfile, top: int = 15) -> str:
         if row.private_dirty + row.private_clean + row.exclusive == 0:
             continue
         lines.append(
-            f"  {_group_name(row.group)[:34]:<34} {row.mappings:>4} {_size(row.rss):>10} "
-            f"{_size(row.private_dirty):>11} {_size(row.private_clean):>11} "
-            f"{_size(row.exclusive):>10}"
+            f"  {_group_name(row.group)[:34]:<34} {row.mappings:>4} {format_size(row.rss):>10} "
+            f"{format_size(row.private_dirty):>11} {format_size(row.private_clean):>11} "
+            f"{format_size(row.exclusive):>10}"
         )
     total_private = sum(r.private_dirty + r.private_clean for r in p.mappings)
     lines += [
-        f"  total private: {_size(total_private)}; exclusive pages in writable mappings: "
-        f"{_size(p.exclusive)} of {_size(p.scanned)} scanned; "
-        f"{_size(p.with_objects)} of them hold Python objects the walk found",
+        f"  total private: {format_size(total_private)}; exclusive pages in writable mappings: "
+        f"{format_size(p.exclusive)} of {format_size(p.scanned)} scanned; "
+        f"{format_size(p.with_objects)} of them hold Python objects the walk found",
         "",
     ]
     for title, rows in (("type", p.by_type), ("module", p.by_module)):
@@ -72,7 +65,8 @@ def render_explain(profile: CowProfile, top: int = 15) -> str:
             lines.append(f"Top {title}s on exclusive pages, objects {what}:")
             lines.append(f"  {'pages':>7} {'size':>10} {'objects':>9}  {title}")
             for r in chosen:
-                lines.append(f"  {r.pages:>7} {_size(r.pages * ps):>10} {r.objects:>9}  {r.key}")
+                size = format_size(r.pages * ps)
+                lines.append(f"  {r.pages:>7} {size:>10} {r.objects:>9}  {r.key}")
             lines.append("")
     lines += [f"note: {n}" for n in p.notes]
     lines.append(
