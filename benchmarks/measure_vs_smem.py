@@ -65,7 +65,7 @@ from typing import NamedTuple
 import psutil
 
 from gcfork import memory, report
-from gcfork.server import GunicornProcess
+from gcfork.tools.server import GunicornProcess
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"

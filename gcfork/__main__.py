@@ -1,5 +1,5 @@
 """``python -m gcfork``: the ``gcfork`` command."""
 
-from gcfork.cli import main
+from gcfork.tools.cli import main
 
 raise SystemExit(main())

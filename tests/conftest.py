@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gcfork.server import GunicornProcess
+from gcfork.tools.server import GunicornProcess
 
 REPO = Path(__file__).resolve().parent.parent
 VENVS = REPO / ".venvs"

@@ -14,7 +14,7 @@ import gunicorn
 import psutil
 import pytest
 
-from gcfork.server import GunicornProcess
+from gcfork.tools.server import GunicornProcess
 from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"

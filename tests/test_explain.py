@@ -1,4 +1,5 @@
-"""gcfork.explain: a real worker (forked from a real master) profiles itself."""
+"""gcfork.explain: a real worker (forked from a real master) profiles itself;
+gcfork.tools.explain asks it and prints the profile."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import pytest
 
 from gcfork import explain
 from gcfork.exceptions import CowProfileError
+from gcfork.tools import cli
+from gcfork.tools.explain import render_explain
 from gcfork.trigger import start_trigger
 from tests.conftest import REPO
 
 MASTER = """
     import gc, json, os, sys, time
     from gcfork import explain, trigger
+    from gcfork.tools.explain import request_profile
 
     class Touched:
         def __init__(self, i):
@@ -59,7 +63,7 @@ MASTER = """
         deadline = time.monotonic() + 10
         while not os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        profile = explain.request_profile(pid, sys.argv[1], timeout=20)
+        profile = request_profile(pid, sys.argv[1], timeout=20)
         os.kill(pid, 9)
         sys.stdout.write(json.dumps(profile.to_json()))
     os.waitpid(pid, 0)
@@ -88,7 +92,7 @@ def check(profile: explain.CowProfile) -> None:
     anon = [m for m in profile.mappings if m.group in ("[anon]", "[heap]")]
     assert sum(m.private_dirty for m in anon) > 300 * profile.page_size
     assert profile.exclusive >= profile.with_objects > 0
-    text = explain.render_explain(profile)
+    text = render_explain(profile)
     assert "__main__.Touched" in text and "[anon]" in text
 
 
@@ -103,11 +107,11 @@ def test_file_trigger_and_explain_cli(tmp_path: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     (result,) = directory.glob("explain-*.json")
     assert stat.S_IMODE(result.stat().st_mode) == 0o600
-    assert explain.explain_main(["--file", str(result), "--top", "5"]) == 0
+    assert cli.main(["explain", "--file", str(result), "--top", "5"]) == 0
 
 
 def test_explain_reports_a_missing_worker(tmp_path: Path) -> None:
-    assert explain.explain_main(["--pid", "999999999", "--dir", str(tmp_path)]) == 1
+    assert cli.main(["explain", "--pid", "999999999", "--dir", str(tmp_path)]) == 1
 
 
 def test_write_profile_is_private_and_round_trips(tmp_path: Path) -> None:
@@ -131,12 +135,13 @@ def test_start_trigger_refuses_a_directory_others_may_enter(tmp_path: Path) -> N
         start_trigger(str(directory))
 
 
-def test_the_server_side_loads_no_profiler_and_no_tool_dependency() -> None:
+def test_the_server_side_loads_no_profiler_and_no_tool() -> None:
     # The worker's poll and start_trigger live in gcfork.trigger: the profiler
     # is loaded only when a request comes. What the server imports is paid by
-    # the whole cluster (docs/benchmarks.md): no psutil on Linux, no hashlib.
-    heavy = ("gcfork.explain", "gcfork.bench", "psutil", "secrets", "hashlib", "platform",
-             "concurrent.futures")
+    # the whole cluster (docs/benchmarks.md): no psutil on Linux, no hashlib,
+    # and nothing of the tools a person runs.
+    heavy = ("gcfork.explain", "gcfork.tools", "psutil", "secrets", "hashlib", "platform",
+             "concurrent.futures", "argparse")
     code = ("import sys, gcfork, gcfork.gunicorn, gcfork.trigger; "
             f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     out = subprocess.run(

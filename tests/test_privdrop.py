@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from gcfork.exceptions import CowProfileError
-from gcfork.explain import request_profile
-from gcfork.server import GunicornProcess
 from gcfork.stats import TRIGGER_NAME, StatsDir, StatsRecord
+from gcfork.tools.explain import request_profile
+from gcfork.tools.server import GunicornProcess
 from tests.conftest import StartServer, wait_for
 
 CONF = "import gcfork; gcfork.install(globals(){settings})\npreload_app = True\n{extra}\n"

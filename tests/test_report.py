@@ -33,7 +33,6 @@ from gcfork.report import (
     plural,
     worker_exit_line,
 )
-from gcfork.server import GunicornProcess
 from gcfork.stats import (
     MAX_RECORD_BYTES,
     GCCollector,
@@ -42,6 +41,7 @@ from gcfork.stats import (
     StatsRecord,
     advertised,
 )
+from gcfork.tools.server import GunicornProcess
 from tests.conftest import StartServer, smaps_rollup, wait_for
 
 CONF = """

@@ -1,4 +1,4 @@
-"""``gcfork explain``: where a worker's private pages are, and what lives on them.
+"""The profile behind ``gcfork explain``, taken in a worker: where its private pages are.
 
 Linux only. A profile has two views:
 
@@ -18,44 +18,35 @@ One module per concern, each saying in which process it runs:
   parsing them (throw-away child);
 - :mod:`gcfork.explain.walk`: the object walk (throw-away child);
 - :mod:`gcfork.explain.capture`: :func:`profile_self`, the worker reading,
-  forking the child and waiting for it;
-- :mod:`gcfork.explain.request`: :func:`request_profile`, asking a running
-  worker through the trigger directory (``gcfork`` command);
-- :mod:`gcfork.explain.render`: :func:`render_explain`, the text (``gcfork``
-  command);
-- :mod:`gcfork.explain.command`: :func:`explain_main`, the options.
+  forking the child and waiting for it.
 
-The worker's side of a request is not here: :mod:`gcfork.trigger` (the poll,
-and :func:`gcfork.trigger.start_trigger` for servers other than gunicorn)
-imports this package only when a request comes, so a worker that is never
-explained never loads it.
+This package is what runs inside a server, and only when someone asks: the
+worker's side of a request, :mod:`gcfork.trigger` (the poll, and
+:func:`gcfork.trigger.start_trigger` for servers other than gunicorn),
+imports it only then, so a worker that is never explained never loads it.
+The ``gcfork explain`` command (asking a worker, the text, the options) is
+a tool: :mod:`gcfork.tools.explain`.
 
 .. versionadded:: 0.2
 .. versionchanged:: 0.3
    A package (it was the module ``gcfork.cowprof``); ``start_trigger`` moved
-   to :mod:`gcfork.trigger`.
+   to :mod:`gcfork.trigger`; ``request_profile``, ``trigger_dir``,
+   ``trigger_dir_of`` and ``render_explain`` moved to :mod:`gcfork.tools.explain`,
+   and ``explain_main`` became its ``run``.
 """
 
 from __future__ import annotations
 
 from gcfork.exceptions import CowProfileError
 from gcfork.explain.capture import profile_self
-from gcfork.explain.command import explain_main
 from gcfork.explain.model import CowProfile, MappingRow, ObjectRow, read_profile, write_profile
-from gcfork.explain.render import render_explain
-from gcfork.explain.request import request_profile, trigger_dir, trigger_dir_of
 
 __all__ = [
     "CowProfile",
     "CowProfileError",
     "MappingRow",
     "ObjectRow",
-    "explain_main",
     "profile_self",
     "read_profile",
-    "render_explain",
-    "request_profile",
-    "trigger_dir",
-    "trigger_dir_of",
     "write_profile",
 ]

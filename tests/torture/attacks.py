@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gcfork.memory import process_start
-from gcfork.server import GunicornProcess
+from gcfork.tools.server import GunicornProcess
 from tests.torture.harness import check_report, log_problems, report_once, start_server
 
 

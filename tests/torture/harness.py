@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcfork.server import GunicornProcess
+from gcfork.tools.server import GunicornProcess
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "tests.apps.gcstate:app"

@@ -1,4 +1,4 @@
-"""The ``gcfork`` command.
+"""The ``gcfork`` command: every subcommand's options, in one parser.
 
 Subcommands:
 
@@ -6,7 +6,9 @@ Subcommands:
 - ``gcfork settings``: the settings reference, generated from
   :mod:`gcfork.config`, or a check that a copy of it is current;
 - ``gcfork explain``: the copy-on-write profile of one running worker
-  (:func:`gcfork.explain.explain_main`; exit status 1 if it cannot be had).
+  (:mod:`gcfork.tools.explain`; exit status 1 if it cannot be had);
+- ``gcfork bench``: an app under gunicorn in several variants, side by side
+  (:mod:`gcfork.tools.bench`).
 
 Exit status: 0 when all went well, 1 when no master was found, the pid given
 is not a gcfork master, or the master vanished (or, for ``settings --check``,
@@ -22,9 +24,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable, TextIO
 
-from gcfork import bench
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.discover import (
     Master,
@@ -34,8 +36,10 @@ from gcfork.discover import (
     master_from_pidfile,
 )
 from gcfork.exceptions import DiscoveryError
-from gcfork.explain import explain_main
 from gcfork.report import JSONRenderer, Report, TableRenderer, collect
+from gcfork.tools import bench, explain
+from gcfork.tools.bench.variants import VARIANTS
+from gcfork.tools.bench.workload import EXAMPLES, Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -119,18 +123,64 @@ def build_parser() -> argparse.ArgumentParser:
                     "cluster at request checkpoints and print the figures side by side, with "
                     "ratios to the baseline. Writes results.json and chart.png.",
     )
-    bench.add_arguments(bench_parser)
+    _bench_options(bench_parser)
     bench_parser.set_defaults(func=bench.run)
 
-    # Its options belong to explain_main, which parses them itself:
-    # with no prefix characters of its own, this parser passes every word on.
-    explain = sub.add_parser(
+    explain_parser = sub.add_parser(
         "explain", help="which Python types and modules a worker's copied pages hold",
-        add_help=False, prefix_chars="\0",
+        description="Show where a gunicorn worker's private (copied) memory is and which "
+        "Python types and modules live on it. Every worker of a gunicorn master running "
+        "gcfork answers (gcfork starts the trigger in post_fork).",
     )
-    explain.add_argument("argv", nargs=argparse.REMAINDER)
-    explain.set_defaults(func=lambda args: explain_main(args.argv))
+    source = explain_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pid", type=_positive_int, help="the worker to profile")
+    source.add_argument("--file", help="render a profile saved as JSON instead")
+    explain_parser.add_argument("--dir", help="trigger directory (default: .explain in the "
+                                "stats directory the worker's master advertises)")
+    explain_parser.add_argument("--timeout", type=float, default=60.0,
+                                help="seconds to wait")
+    explain_parser.add_argument("--top", type=int, default=15, help="rows per table")
+    explain_parser.add_argument("--json", action="store_true",
+                                help="print the profile as JSON")
+    explain_parser.set_defaults(func=explain.run)
     return parser
+
+
+def _bench_options(parser: argparse.ArgumentParser) -> None:
+    # Each default is the load's own (Settings), so it is declared once.
+    defaults = Settings()
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--example", choices=EXAMPLES,
+                      help="one of the example apps of a gcfork checkout")
+    what.add_argument("--app", help="WSGI target, module:callable (instead of --example)")
+    what.add_argument("--config", type=Path, help="the app's gunicorn config file")
+    what.add_argument("--chdir", type=Path, help="directory to run the app from "
+                      "(default: the config file's directory)")
+    what.add_argument("--paths", type=Path, help="request mix: a file of paths, one per line")
+    what.add_argument("--path", action="append", default=[], dest="path_list",
+                      help="a request path (repeatable; instead of --paths)")
+    what.add_argument("--python", default=defaults.python,
+                      help="interpreter to run gunicorn with (default: this one)")
+    how = parser.add_argument_group("how")
+    how.add_argument("--variants", default="off,gcfork",
+                     help="comma-separated, the first is the baseline; from: "
+                     + ", ".join(f"{v.name} ({v.doc})" for v in VARIANTS.values()))
+    how.add_argument("--workers", type=int, default=defaults.workers)
+    how.add_argument("--checkpoints", default=",".join(map(str, defaults.checkpoints)),
+                     help="request counts at which to measure; the last is the total")
+    how.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                     help="requests in flight")
+    how.add_argument("--idle", type=float, default=defaults.idle,
+                     help="seconds to wait after the load before the idle measurement")
+    how.add_argument("--repeat", type=int, default=defaults.repeat,
+                     help="runs per variant, interleaved")
+    how.add_argument("--out", type=Path, help="results directory (default bench-results/DATE)")
+    how.add_argument("--explain", action="store_true",
+                     help="after the load, profile one worker per variant with gcfork explain "
+                     "(what it copied, by mapping, type and module)")
+    how.add_argument("--baseline", help="variant the ratios compare with (default: the first)")
+    how.add_argument("--results", type=Path, metavar="RESULTS_JSON",
+                     help="print the table of an earlier run's results.json instead of running")
 
 
 def _error(message: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcfork.bench.workload import Example, Settings
+from gcfork.tools.bench.workload import Example, Settings
 
 __all__ = ["SCHEMA_VERSION", "Checkpoint", "Run", "python_version", "results_json",
            "write_results"]

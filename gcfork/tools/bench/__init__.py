@@ -12,25 +12,26 @@ be measured too) and sets gcfork's mode per variant through the environment.
 
 One module per concern:
 
-- :mod:`~gcfork.bench.variants`: the configurations compared and the gunicorn
+- :mod:`~gcfork.tools.bench.variants`: the configurations compared and the gunicorn
   config generated for each;
-- :mod:`~gcfork.bench.workload`: the app, its request mix and the load, alike
+- :mod:`~gcfork.tools.bench.workload`: the app, its request mix and the load, alike
   for every variant;
-- :mod:`~gcfork.bench.runner`: serving a variant, loading it, measuring at the
+- :mod:`~gcfork.tools.bench.runner`: serving a variant, loading it, measuring at the
   checkpoints;
-- :mod:`~gcfork.bench.results`: what was measured, and ``results.json``;
-- :mod:`~gcfork.bench.table`: the medians per variant and the side-by-side
+- :mod:`~gcfork.tools.bench.results`: what was measured, and ``results.json``;
+- :mod:`~gcfork.tools.bench.table`: the medians per variant and the side-by-side
   table with ratios;
-- :mod:`~gcfork.bench.chart`: ``chart.png``;
-- :mod:`~gcfork.bench.command`: the options and the exit status.
+- :mod:`~gcfork.tools.bench.chart`: ``chart.png``;
+- :mod:`~gcfork.tools.bench.command`: the options' checks and the exit
+  status (the options themselves are in :mod:`gcfork.tools.cli`).
 """
 
 from __future__ import annotations
 
-from gcfork.bench.command import add_arguments, run
-from gcfork.bench.runner import run_bench
-from gcfork.bench.variants import Variant
-from gcfork.bench.workload import Example
 from gcfork.exceptions import BenchError
+from gcfork.tools.bench.command import run
+from gcfork.tools.bench.runner import run_bench
+from gcfork.tools.bench.variants import Variant
+from gcfork.tools.bench.workload import Example
 
-__all__ = ["BenchError", "Example", "Variant", "add_arguments", "run", "run_bench"]
+__all__ = ["BenchError", "Example", "Variant", "run", "run_bench"]

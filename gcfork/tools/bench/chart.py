@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gcfork.bench.results import Run
+from gcfork.tools.bench.results import Run
 
 __all__ = ["write_chart"]
 

@@ -16,17 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from gcfork.bench.results import Checkpoint, Run
-from gcfork.bench.table import checkpoint_line, summary
-from gcfork.bench.variants import VARIANTS, Variant, write_config
-from gcfork.bench.workload import Example, Settings, checkout_pythonpath
 from gcfork.config import STATS_DIR
 from gcfork.exceptions import BenchError, GcforkError, ServerError
-from gcfork.explain import render_explain, request_profile, trigger_dir
-from gcfork.load import LoadResult, run_load
 from gcfork.report import Report, TableRenderer, collect
-from gcfork.server import GunicornProcess
 from gcfork.stats import PUBLISH_INTERVAL
+from gcfork.tools.bench.results import Checkpoint, Run
+from gcfork.tools.bench.table import checkpoint_line, summary
+from gcfork.tools.bench.variants import VARIANTS, Variant, write_config
+from gcfork.tools.bench.workload import Example, Settings, checkout_pythonpath
+from gcfork.tools.explain import render_explain, request_profile, trigger_dir
+from gcfork.tools.load import LoadResult, run_load
+from gcfork.tools.server import GunicornProcess
 
 __all__ = ["Progress", "figures", "run_bench", "run_variant"]
 

@@ -9,8 +9,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gcfork.bench.results import Checkpoint, Run
-from gcfork.bench.workload import Settings
+from gcfork.tools.bench.results import Checkpoint, Run
+from gcfork.tools.bench.workload import Settings
 from gcfork.units import MISSING, format_bytes, format_count, format_ms, format_percent
 
 __all__ = ["ROWS", "checkpoint_line", "render_table", "summary"]

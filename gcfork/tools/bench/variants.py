@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gcfork.bench.workload import Example
 from gcfork.config import FAST_EXIT, IMMORTALIZE, MODE, WARMUP
+from gcfork.tools.bench.workload import Example
 
 __all__ = ["VARIANTS", "Variant", "write_config"]
 

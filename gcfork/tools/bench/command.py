@@ -1,9 +1,8 @@
-"""The command line of ``gcfork bench``: its options, their checks, and what
-each outcome returns as exit status.
+"""``gcfork bench``: the options' checks, the run, and what each outcome
+returns as exit status.
 
-:func:`add_arguments` and :func:`run` are what :mod:`gcfork.cli` wires into
-the ``gcfork`` command; an option's default is the matching field's default in
-:class:`~gcfork.bench.workload.Settings`.
+The options are declared in :mod:`gcfork.tools.cli` with every other
+command's; :func:`run` is what it calls with them parsed.
 """
 
 from __future__ import annotations
@@ -18,12 +17,13 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from gcfork.bench.chart import write_chart
-from gcfork.bench.results import write_results
-from gcfork.bench.runner import run_bench
-from gcfork.bench.table import render_table
-from gcfork.bench.variants import VARIANTS
-from gcfork.bench.workload import (
+from gcfork.exceptions import BenchError
+from gcfork.tools.bench.chart import write_chart
+from gcfork.tools.bench.results import write_results
+from gcfork.tools.bench.runner import run_bench
+from gcfork.tools.bench.table import render_table
+from gcfork.tools.bench.variants import VARIANTS
+from gcfork.tools.bench.workload import (
     EXAMPLES,
     Example,
     Settings,
@@ -32,52 +32,12 @@ from gcfork.bench.workload import (
     read_paths,
     setup_target,
 )
-from gcfork.exceptions import BenchError
 
-__all__ = ["add_arguments", "rerender", "run", "settings_from"]
-
-# The options default to the load's own defaults, so each is declared once.
-_DEFAULTS = Settings()
+__all__ = ["default_out_dir", "rerender", "run", "settings_from"]
 
 
 def default_out_dir() -> Path:
     return Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``gcfork bench`` (and of ``gcfork demo``, which presets them)."""
-    what = parser.add_argument_group("what to run")
-    what.add_argument("--example", choices=EXAMPLES,
-                      help="one of the example apps of a gcfork checkout")
-    what.add_argument("--app", help="WSGI target, module:callable (instead of --example)")
-    what.add_argument("--config", type=Path, help="the app's gunicorn config file")
-    what.add_argument("--chdir", type=Path, help="directory to run the app from "
-                      "(default: the config file's directory)")
-    what.add_argument("--paths", type=Path, help="request mix: a file of paths, one per line")
-    what.add_argument("--path", action="append", default=[], dest="path_list",
-                      help="a request path (repeatable; instead of --paths)")
-    what.add_argument("--python", default=_DEFAULTS.python,
-                      help="interpreter to run gunicorn with (default: this one)")
-    how = parser.add_argument_group("how")
-    how.add_argument("--variants", default="off,gcfork",
-                     help="comma-separated, the first is the baseline; from: "
-                     + ", ".join(f"{v.name} ({v.doc})" for v in VARIANTS.values()))
-    how.add_argument("--workers", type=int, default=_DEFAULTS.workers)
-    how.add_argument("--checkpoints", default=",".join(map(str, _DEFAULTS.checkpoints)),
-                     help="request counts at which to measure; the last is the total")
-    how.add_argument("--concurrency", type=int, default=_DEFAULTS.concurrency,
-                     help="requests in flight")
-    how.add_argument("--idle", type=float, default=_DEFAULTS.idle,
-                     help="seconds to wait after the load before the idle measurement")
-    how.add_argument("--repeat", type=int, default=_DEFAULTS.repeat,
-                     help="runs per variant, interleaved")
-    how.add_argument("--out", type=Path, help="results directory (default bench-results/DATE)")
-    how.add_argument("--explain", action="store_true",
-                     help="after the load, profile one worker per variant with gcfork explain "
-                     "(what it copied, by mapping, type and module)")
-    how.add_argument("--baseline", help="variant the ratios compare with (default: the first)")
-    how.add_argument("--results", type=Path, metavar="RESULTS_JSON",
-                     help="print the table of an earlier run's results.json instead of running")
 
 
 def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str], list[str]]:
@@ -132,7 +92,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
 
 
 def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
-    """``gcfork bench``, with the options of :func:`add_arguments` parsed.
+    """``gcfork bench``, with its options parsed (:mod:`gcfork.tools.cli`).
 
     Returns the exit status: 0 done, 1 failed, 2 bad options, 130 interrupted.
     """
