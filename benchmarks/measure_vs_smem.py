@@ -65,6 +65,7 @@ from typing import NamedTuple
 import psutil
 
 from gcfork import memory, report
+from gcfork.gunicorn.roles import members
 from gcfork.tools.server import GunicornProcess
 
 HERE = Path(__file__).resolve().parent
@@ -221,7 +222,7 @@ def measure(cluster: Cluster, repeat: int) -> Row:
     }
     master = cluster.master
     if master is not None:
-        runs["collect"] = lambda: report.collect(master, threads=THREADS)
+        runs["collect"] = lambda: report.collect(master, members, threads=THREADS)
     for run in runs.values():  # once untimed: caches warm for both tools
         run()
     wall: dict[str, list[float]] = {name: [] for name in runs}
@@ -235,7 +236,7 @@ def measure(cluster: Cluster, repeat: int) -> Row:
     assert set(smem_rows) == set(cluster.pids), sorted(set(cluster.pids) ^ set(smem_rows))
     totals = measure_gcfork(cluster.pids, THREADS)
     if master is not None:
-        collected = report.collect(master, threads=THREADS)
+        collected = report.collect(master, members, threads=THREADS)
         assert collected.totals.processes == len(cluster.pids), collected.totals
     med = {name: statistics.median(t) for name, t in wall.items()}
     return Row(len(cluster.pids), med["one"], med["many"], med.get("collect"), med["smem"],

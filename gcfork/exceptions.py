@@ -125,7 +125,8 @@ class DiscoveryError(GcforkError):
 
 
 class MasterGone(DiscoveryError):
-    """The master exited before or while it was measured."""
+    """The cluster's template (gunicorn's master) exited before or while it
+    was measured."""
 
 
 class StatsDirError(GcforkError):

@@ -1,6 +1,6 @@
 """How much memory a set of processes really costs, and how much they share.
 
-This module knows nothing of gunicorn: it measures pids and adds up rows that
+This module knows no server: it measures pids and adds up rows that
 carry a role chosen by the caller.
 
 Figures come from :mod:`gcfork.procfs`, which on Linux reads

@@ -3,11 +3,12 @@
 A record (:class:`StatsRecord`) is one small JSON file of the stats directory
 (:mod:`gcfork.stats`). Every field is checked when read back: a record
 written by the same user, by mistake or not, must not crash a reader (the
-master's hooks, ``gcfork report``), so its JSON is parsed strictly (no
+template's adapter, ``gcfork report``), so its JSON is parsed strictly (no
 ``NaN``, no deep nesting) and every field is typed and bounded.
 :class:`GCCollector` counts the calling process's collections and makes its
-record; :class:`Publisher` is the daemon thread that writes it (in a worker,
-from ``post_fork``). Standard library only (the platform through :mod:`gcfork.procfs`).
+record, with the role its adapter gives; :class:`Publisher` is the daemon
+thread that writes it (in each process, started by the adapter). Standard
+library only (the platform through :mod:`gcfork.procfs`).
 
 .. versionadded:: 0.3
    Split from :mod:`gcfork.stats`, which re-exports every name.
@@ -20,6 +21,7 @@ import gc
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RECORD_BYTES",
     "PUBLISH_INTERVAL",
-    "ROLES",
     "SCHEMA_VERSION",
     "GCCollector",
     "GenStats",
@@ -51,8 +52,9 @@ MAX_RECORD_BYTES = 16 * 1024
 PUBLISH_INTERVAL = 2.0
 """Seconds between two records of one worker."""
 
-ROLES = ("worker", "master")
-"""The roles a record may have."""
+# A role is the adapter's word for the process (e.g. master, worker): a short
+# lowercase token, nothing more, so that no record can inject text into a report.
+_ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 _PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
 _COUNT_MAX = (1 << 63) - 1
@@ -71,7 +73,7 @@ class GenStats(NamedTuple):
 class StatsRecord(NamedTuple):
     """One process's published statistics (one file of the stats directory)."""
 
-    role: str  # one of ROLES
+    role: str  # given by the adapter: a lowercase token, e.g. "worker"
     pid: int
     start: int  # memory.process_start(pid)
     started: float  # creation time, seconds since the epoch
@@ -83,7 +85,6 @@ class StatsRecord(NamedTuple):
     generations: tuple[GenStats, ...]
     final: bool = False  # written by the process as it exits
     uss_at_exit: int | None = None  # bytes, measured by the process as it exits
-    dirty_arbiter_pid: int | None = None  # master only: gunicorn's dirty arbiter
 
     @property
     def collections(self) -> int:
@@ -113,7 +114,6 @@ class StatsRecord(NamedTuple):
             },
             "final": self.final,
             "uss_at_exit": self.uss_at_exit,
-            "dirty_arbiter_pid": self.dirty_arbiter_pid,
         }
 
     def dumps(self) -> bytes:
@@ -153,7 +153,8 @@ class StatsRecord(NamedTuple):
             ValueError: not a valid record of this schema version, in words.
 
         .. versionchanged:: 0.3
-           Strict types and bounds.
+           Strict types and bounds; any role the adapter gives (a lowercase
+           token); ``dirty_arbiter_pid`` is gone.
         """
         top = _dict(obj, "record")
         schema = top.get("schema")
@@ -161,8 +162,9 @@ class StatsRecord(NamedTuple):
             raise ValueError(f"schema {schema!r:.40}, this gcfork reads {SCHEMA_VERSION}")
         try:
             role = top["role"]
-            if role not in ROLES:
-                raise ValueError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+            if not isinstance(role, str) or not _ROLE.fullmatch(role):
+                raise ValueError(f"role {role!r:.40} is not a lowercase word of 1 to 32 "
+                                 "letters, digits and hyphens")
             gc_part = _dict(top["gc"], "gc")
             gens = tuple(
                 GenStats(_int(g["collections"], "collections"), _int(g["collected"], "collected"),
@@ -186,8 +188,6 @@ class StatsRecord(NamedTuple):
                 generations=gens,
                 final=_bool(top.get("final", False), "final"),
                 uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
-                dirty_arbiter_pid=_opt_int(top.get("dirty_arbiter_pid"), "dirty_arbiter_pid",
-                                           _PID_MAX),
             )
         except KeyError as exc:
             raise ValueError(f"malformed record (no {exc})") from None
@@ -298,9 +298,9 @@ class GCCollector:
         """A record of the calling process's GC state and counts now.
 
         Args:
-            role: ``worker`` or ``master``.
-            requests: requests served so far; None for a master.
-            **extra: ``final``, ``uss_at_exit``, ``dirty_arbiter_pid``.
+            role: the adapter's word for this process (e.g. ``worker``).
+            requests: requests served so far; None for a process that serves none.
+            **extra: ``final``, ``uss_at_exit``.
         """
         pid, start, started = self._identity()
         return StatsRecord(

@@ -3,8 +3,9 @@
 Renderers are slotted classes configured in ``__init__`` that turn a report
 into text in ``__call__``: :class:`TableRenderer` (for a person),
 :class:`JSONRenderer` (the versioned schema in ``gcfork/report.schema.json``,
-always valid JSON) and :class:`LogLineRenderer` (one line for gunicorn's log);
-:func:`worker_exit_line` is the master's line about a worker that exited.
+always valid JSON) and :class:`LogLineRenderer` (one line for the server's
+log); :func:`worker_exit_line` is the template's line about a worker that
+exited. Processes are named by the roles their adapter gave them.
 
 Figures are written as :mod:`gcfork.units` says (``-`` for a figure that is
 missing or not to be trusted, null in JSON). :mod:`gcfork.report` re-exports
@@ -79,10 +80,11 @@ class TableRenderer:
 
     def __call__(self, report: Report) -> str:
         t = report.totals
-        master_gc = {True: "on", False: "off", None: "unknown"}[report.master_gc_enabled]
+        template = report.template.role
+        gc_state = {True: "on", False: "off", None: "unknown"}[report.template_gc_enabled]
         lines = [
-            f"gunicorn master {report.master_pid}: {plural(t.workers, 'worker')}, "
-            f"{plural(len(report.rows), 'process', 'processes')}, master GC {master_gc}  "
+            f"cluster of {template} {report.template_pid}: {plural(t.workers, 'worker')}, "
+            f"{plural(len(report.rows), 'process', 'processes')}, {template} GC {gc_state}  "
             f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.taken))})",
             "",
         ]
@@ -153,7 +155,7 @@ class JSONRenderer:
 
 
 class LogLineRenderer:
-    """One compact line for the master's log.
+    """One compact line for the template's log.
 
     Args:
         prefix: put before the figures.
@@ -177,7 +179,7 @@ class LogLineRenderer:
 
 def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
                      private: int | None) -> str:
-    """The master's line about a worker that exited.
+    """The template's line about a worker that exited.
 
     Args:
         pid: the worker.

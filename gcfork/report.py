@@ -1,18 +1,30 @@
-"""The memory-sharing report: one model, one renderer class per format.
+"""The memory-sharing report of a cluster: one model, one renderer class per format.
 
-:func:`collect` measures a gunicorn master's tree now and joins each process
-with the GC statistics it published; the result is a :class:`Report`.
-Renderers (re-exported from :mod:`gcfork.render`) turn a report into text:
+A *cluster* is a template process (the one that holds the loaded app and
+forks the workers) and the processes of its tree, each with a role. The
+report knows no server: the roles come from the server's adapter, as a
+:data:`MembersOf` function given to :func:`collect` (see
+``docs/architecture.md``). The report only needs to know which role serves
+requests, :data:`WORKER`, for the worker counts and means.
+
+:func:`collect` measures the cluster now and joins each process with the GC
+statistics it published; the result is a :class:`Report`. Renderers
+(re-exported from :mod:`gcfork.render`) turn a report into text:
 :class:`TableRenderer` (for a person), :class:`JSONRenderer` (the versioned
 schema in ``gcfork/report.schema.json``) and :class:`LogLineRenderer` (one
-line for gunicorn's log).
+line for the server's log).
 
-:class:`Sampler` is the master's daemon thread that takes a report every few
-seconds and logs the line; it only needs a pid and a log function. At
-shutdown the master stops it (:meth:`Sampler.stop` waits for it) and measures
-once more (:meth:`Sampler.sample_now`).
+:class:`Sampler` is the template's daemon thread that takes a report every
+few seconds and logs the line; it only needs a pid, the adapter's roles and a
+log function. At shutdown the template stops it (:meth:`Sampler.stop` waits
+for it) and measures once more (:meth:`Sampler.sample_now`).
 
 .. versionadded:: 0.2
+.. versionchanged:: 0.3
+   Roles come from the adapter (``members`` of :func:`collect` and
+   :class:`Sampler`); ``master_pid``, ``master_start``, ``master`` and
+   ``master_gc_enabled`` of :class:`Report` are ``template_pid``,
+   ``template_start``, ``template`` and ``template_gc_enabled``.
 """
 
 from __future__ import annotations
@@ -20,12 +32,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gcfork import memory
-from gcfork.discover import WORKER, classify
 from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
 from gcfork.render import JSONRenderer, LogLineRenderer, TableRenderer, json_safe, worker_exit_line
@@ -34,9 +45,12 @@ from gcfork.units import format_age, format_bytes, format_percent, plural
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "WORKER",
     "JSONRenderer",
     "LogLineRenderer",
     "MasterGone",
+    "Member",
+    "MembersOf",
     "ProcessRow",
     "Report",
     "Sampler",
@@ -51,13 +65,31 @@ __all__ = [
 REPORT_SCHEMA_VERSION = 1
 """Version of :meth:`Report.to_dict`'s object (``schema`` in it)."""
 
+WORKER = "worker"
+"""The role of the processes that serve: the report counts them as workers
+and takes the worker means over them. An adapter gives it to its workers."""
+
+
+class Member(NamedTuple):
+    """A process of a cluster and the role its adapter gives it."""
+
+    pid: int
+    role: str
+
+
+MembersOf = Callable[[int, Mapping[int, StatsRecord]], Sequence[Member]]
+"""An adapter's view of a cluster, called by :func:`collect` with the
+template's pid and the newest valid record each process published (by pid):
+the template first, then every process of its tree with a role; empty when
+the template is gone."""
+
 
 @dataclass(frozen=True)
 class ProcessRow:
     """One process of the cluster: its role, its memory and its GC statistics.
 
-    ``stats`` is None when the process published no record (not a gcfork
-    worker or master, or too young to have published one).
+    ``stats`` is None when the process published no record (gcfork does not
+    run in it, or it is too young to have published one).
     """
 
     role: str
@@ -78,8 +110,8 @@ class ProcessRow:
 
     @property
     def gc_collections(self) -> int | None:
-        """Collections counted since the worker started (the master: since gcfork
-        was installed)."""
+        """Collections counted since the process started (the template: since
+        gcfork was installed)."""
         return None if self.stats is None else self.stats.collections
 
     @property
@@ -90,13 +122,14 @@ class ProcessRow:
 
 @dataclass(frozen=True)
 class Report:
-    """A gunicorn cluster's memory sharing and GC statistics at one moment.
+    """A cluster's memory sharing and GC statistics at one moment: the
+    template's row first, then its processes'.
 
     Build it with :func:`collect`; turn it into text with a renderer.
     """
 
-    master_pid: int
-    master_start: int
+    template_pid: int
+    template_start: int
     taken: float  # seconds since the epoch
     stats_dir: str | None
     rows: tuple[ProcessRow, ...]
@@ -108,13 +141,13 @@ class Report:
         return tuple(r for r in self.rows if r.role == WORKER)
 
     @property
-    def master(self) -> ProcessRow:
+    def template(self) -> ProcessRow:
         return self.rows[0]
 
     @property
-    def master_gc_enabled(self) -> bool | None:
-        """Whether the master's collector is on, from its record; None if unknown."""
-        stats = self.master.stats
+    def template_gc_enabled(self) -> bool | None:
+        """Whether the template's collector is on, from its record; None if unknown."""
+        stats = self.template.stats
         return None if stats is None else stats.gc_enabled
 
     def summary(self) -> str:
@@ -125,7 +158,7 @@ class Report:
             if t.processes == 0:
                 return "nothing could be measured"
             return (f"savings unknown: no PSS here, so the sum of RSS ({format_bytes(t.sum_rss)}) "
-                    f"is only an upper bound of what {workers} and the master cost")
+                    f"is only an upper bound of what the cluster costs")
         text = (f"copy-on-write saves {format_bytes(t.savings)} "
                 f"({format_percent(t.savings_percent)}) across {workers}")
         if t.unmeasured:
@@ -142,8 +175,9 @@ class Report:
         return {
             "schema": REPORT_SCHEMA_VERSION,
             "taken": self.taken,
-            "master": {"pid": self.master_pid, "start": self.master_start,
-                       "gc_enabled": self.master_gc_enabled},
+            # "master" in schema 1: the template, whatever its adapter calls it.
+            "master": {"pid": self.template_pid, "start": self.template_start,
+                       "gc_enabled": self.template_gc_enabled},
             "stats_dir": self.stats_dir,
             "pss_available": t.sum_pss is not None,
             "processes": [_row_dict(r, self.taken) for r in self.rows],
@@ -199,13 +233,13 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
     }
 
 
-def _open_stats(master_pid: int, start: int, stats_dir: str | None,
+def _open_stats(template_pid: int, start: int, stats_dir: str | None,
                 notes: list[str]) -> StatsDir | None:
-    path = stats_dir if stats_dir is not None else advertised(master_pid, start)
+    path = stats_dir if stats_dir is not None else advertised(template_pid, start)
     if path is None:
-        notes.append(f"master {master_pid} advertises no stats directory (gcfork not "
-                     "installed in its config, or another user's): no GC statistics; "
-                     "pass --stats-dir if you know it")
+        notes.append(f"process {template_pid} advertises no stats directory (gcfork not "
+                     "installed in it, or another user's): no GC statistics; pass "
+                     "--stats-dir if you know it")
         return None
     try:
         return StatsDir.open(path)
@@ -214,11 +248,14 @@ def _open_stats(master_pid: int, start: int, stats_dir: str | None,
         return None
 
 
-def collect(master_pid: int, stats_dir: str | None = None, threads: int = 1) -> Report:
-    """Measure the cluster of gunicorn master ``master_pid`` now.
+def collect(template_pid: int, members: MembersOf, stats_dir: str | None = None,
+            threads: int = 1) -> Report:
+    """Measure the cluster of template ``template_pid`` now.
 
     Args:
-        master_pid: the master.
+        template_pid: the process that forks the cluster's workers.
+        members: the adapter's view of the cluster: which processes are in
+            it and the role of each (:data:`MembersOf`).
         stats_dir: its stats directory; None to use the one it advertised.
         threads: processes measured at once (see :func:`gcfork.memory.sample_many`).
 
@@ -227,72 +264,75 @@ def collect(master_pid: int, stats_dir: str | None = None, threads: int = 1) -> 
         get a row with a ``problem`` instead of figures.
 
     Raises:
-        MasterGone: the master is not running, or exited while measured.
+        MasterGone: the template is not running, or exited while measured.
     """
-    start = memory.process_start(master_pid)
+    start = memory.process_start(template_pid)
     if start is None:
-        raise MasterGone(f"gunicorn master {master_pid} is not running")
+        raise MasterGone(f"process {template_pid} is not running")
     notes: list[str] = []
-    sdir = _open_stats(master_pid, start, stats_dir, notes)
+    sdir = _open_stats(template_pid, start, stats_dir, notes)
     records: dict[tuple[int, int], StatsRecord] = {}
     if sdir is not None:
         read = sdir.read()
         records = read.records
         notes += [f"ignored {os.path.join(sdir.path, name)}: {why}"
                   for name, why in read.problems.items()]
-    master_record = records.get((master_pid, start))
-    if sdir is not None and master_record is None:
-        notes.append(f"master {master_pid} has published no record yet: its direct children "
-                     "are shown as workers")
-    members = classify(
-        master_pid,
-        dirty_arbiter_pid=None if master_record is None else master_record.dirty_arbiter_pid,
-        workers={pid for (pid, _), r in records.items() if r.role == WORKER},
-    )
-    samples = (memory.sample_many([m.pid for m in members], threads) if threads > 1
-               else [memory.sample(m.pid) for m in members])
+    by_pid: dict[int, StatsRecord] = {}
+    for (pid, _), record in sorted(records.items(), key=lambda kv: kv[1].written):
+        by_pid[pid] = record  # a reused pid's stale record, if any, gives way to the newest
+    cluster = list(members(template_pid, by_pid))
+    samples = (memory.sample_many([m.pid for m in cluster], threads) if threads > 1
+               else [memory.sample(m.pid) for m in cluster])
     rows = [
         ProcessRow(member.role, sample,
                    None if sample.start is None else records.get((member.pid, sample.start)))
-        for member, sample in zip(members, samples)
+        for member, sample in zip(cluster, samples)
     ]
     if not rows or rows[0].memory.problem == memory.EXITED or rows[0].memory.start != start:
-        raise MasterGone(f"gunicorn master {master_pid} exited while it was measured")
+        raise MasterGone(f"process {template_pid} exited while it was measured")
+    if sdir is not None and (template_pid, start) not in records:
+        notes.append(f"{rows[0].role} {template_pid} has published no record yet: the roles "
+                     "come from the process tree alone")
     totals = memory.totals([RoleSample(r.role, r.memory) for r in rows], worker_role=WORKER)
-    return Report(master_pid, start, time.time(), None if sdir is None else sdir.path,
+    return Report(template_pid, start, time.time(), None if sdir is None else sdir.path,
                   tuple(rows), totals, tuple(notes))
 
 
-# -- the master's sampling thread -----------------------------------------------
+# -- the template's sampling thread ---------------------------------------------
 
 
 class Sampler:
-    """A daemon thread of the master: publishes the master's record, takes a
-    report every ``sample_every`` seconds and logs its line every ``interval``.
+    """A daemon thread of the template: publishes the template's record, takes
+    a report every ``sample_every`` seconds and logs its line every ``interval``.
 
     It runs beside the server's main loop and never blocks it: the main loop
     only reads :attr:`last`, a reference swapped atomically. At shutdown the
-    master calls :meth:`stop` (which waits for the thread) before removing
+    template calls :meth:`stop` (which waits for the thread) before removing
     the stats directory, and :meth:`sample_now` for a report of this moment.
 
     Args:
-        master_pid: the master (the calling process).
-        stats_dir: where the master's record goes and workers' records are.
-        master_record: makes the master's record.
-        log: logs a line (e.g. gunicorn's ``log.info``).
+        template_pid: the template (the calling process).
+        stats_dir: where the template's record goes and the others' are.
+        members: the adapter's roles (:data:`MembersOf`).
+        template_record: makes the template's record.
+        log: logs a line (e.g. the server's logger's ``info``).
         interval: seconds between two logged lines; 0 for none.
-        tick: seconds between two master records.
+        tick: seconds between two template records.
+
+    .. versionchanged:: 0.3
+       ``members``; ``master_pid`` and ``master_record`` renamed.
     """
 
-    __slots__ = ("_dir", "_interval", "_last_error", "_log", "_master_record", "_pid", "_stop",
-                 "_thread", "_tick", "last")
+    __slots__ = ("_dir", "_interval", "_last_error", "_log", "_members", "_pid", "_record",
+                 "_stop", "_thread", "_tick", "last")
 
-    def __init__(self, master_pid: int, stats_dir: StatsDir,
-                 master_record: Callable[[], StatsRecord], log: Callable[[str], object],
+    def __init__(self, template_pid: int, stats_dir: StatsDir, members: MembersOf,
+                 template_record: Callable[[], StatsRecord], log: Callable[[str], object],
                  interval: float, tick: float = 2.0) -> None:
-        self._pid = master_pid
+        self._pid = template_pid
         self._dir = stats_dir
-        self._master_record = master_record
+        self._members = members
+        self._record = template_record
         self._log = log
         self._interval = interval
         self._tick = tick
@@ -309,15 +349,15 @@ class Sampler:
         return min(self._interval, 30.0) if self._interval > 0 else 30.0
 
     def start(self) -> None:
-        """Start the thread (master, once the server is ready)."""
+        """Start the thread (template, once the server is ready)."""
         self._thread = threading.Thread(target=self._run, name="gcfork-sampler", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Master: stop the thread and wait up to ``timeout`` seconds for it.
+        """Template: stop the thread and wait up to ``timeout`` seconds for it.
 
         After this returns True the thread touches the stats directory no more,
-        so the master may remove it. Even past the timeout, a failure it meets
+        so the template may remove it. Even past the timeout, a failure it meets
         then is not logged (the directory going away is then expected).
 
         Returns:
@@ -334,7 +374,7 @@ class Sampler:
         return not thread.is_alive()
 
     def sample_now(self, threads: int = 1) -> Report:
-        """Measure the cluster now, in the calling thread (master, e.g. as
+        """Measure the cluster now, in the calling thread (template, e.g. as
         shutdown begins, while the workers still run), and keep it as
         :attr:`last`.
 
@@ -345,11 +385,11 @@ class Sampler:
             The fresh report.
 
         Raises:
-            MasterGone: the master is not running (cannot happen in the master).
+            MasterGone: the template is not running (cannot happen in it).
 
         .. versionadded:: 0.3
         """
-        report = collect(self._pid, self._dir.path, threads=threads)
+        report = collect(self._pid, self._members, self._dir.path, threads=threads)
         self.last = report
         return report
 
@@ -359,12 +399,12 @@ class Sampler:
         next_line = started + self._interval
         while True:
             try:
-                self._dir.publish(self._master_record())
+                self._dir.publish(self._record())
                 self._dir.prune()
                 now = time.monotonic()
                 if now >= next_sample:
                     next_sample = now + self.sample_every
-                    report = collect(self._pid, self._dir.path)
+                    report = collect(self._pid, self._members, self._dir.path)
                     # Stopping: sample_now's report must not be replaced by this
                     # older one, nor be followed by a periodic line in the log.
                     if self._stop.is_set():

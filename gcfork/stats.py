@@ -1,15 +1,15 @@
-"""The stats channel: GC statistics that workers publish for their master.
+"""The stats channel: GC statistics that a cluster's processes publish.
 
 Each worker's daemon thread writes a small JSON record (:mod:`gcfork.records`,
 whose names are re-exported here) every few seconds into a directory private
-to the server; the master writes its own record there too and reads them
-back, as ``gcfork report`` does.
+to the server; the template (the process that forks the workers) writes its
+own record there too and reads them back, as ``gcfork report`` does.
 
-The master opens the directory once (:meth:`StatsDir.create`) and every
+The template opens the directory once (:meth:`StatsDir.create`) and every
 process works through that descriptor (workers inherit it across the fork):
 a directory swapped for a symlink later is never followed (see
-:mod:`gcfork.files`). The directory belongs to the workers' user (gunicorn's
-``user``/``group``), mode 0700. gcfork never changes the mode or owner of a
+:mod:`gcfork.files`). The directory belongs to the workers' user (the one
+the server drops privileges to, if it does), mode 0700. gcfork never changes the mode or owner of a
 directory it did not create: a given ``stats_dir`` that is shared or not the
 workers' gets a private subdirectory, removed at exit. Each record is one
 file, mode 0600, named after the process's pid and start time (pids get
@@ -46,7 +46,6 @@ from gcfork.memory import process_start
 from gcfork.records import (
     MAX_RECORD_BYTES,
     PUBLISH_INTERVAL,
-    ROLES,
     SCHEMA_VERSION,
     GCCollector,
     GenStats,
@@ -57,7 +56,6 @@ from gcfork.records import (
 __all__ = [
     "MAX_RECORD_BYTES",
     "PUBLISH_INTERVAL",
-    "ROLES",
     "SCHEMA_VERSION",
     "TRIGGER_NAME",
     "GCCollector",
@@ -69,6 +67,7 @@ __all__ = [
     "StatsRecord",
     "advertise",
     "advertised",
+    "parse_key",
     "runtime_dirs",
     "withdraw",
 ]
@@ -84,10 +83,17 @@ def _key_name(pid: int, start: int) -> str:  # pids get reused: with the start, 
     return f"{pid}-{start}.json"
 
 
-def _parse_key(name: str) -> tuple[int, int] | None:
+def parse_key(name: str) -> tuple[int, int] | None:
+    """``(pid, start)`` from a record's or an advertisement's file name,
+    ``PID-START.json``; None for any other name.
+
+    .. versionadded:: 0.3
+    """
     stem, _, ext = name.partition(".")
     pid, dash, start = stem.partition("-")
     if ext != "json" or not dash or not pid.isdigit() or not start.isdigit():
+        return None
+    if len(pid) > 10 or len(start) > 20:  # not a pid or a tick count: skip, never crash
         return None
     return int(pid), int(start)
 
@@ -174,7 +180,8 @@ class StatsDir:
 
         Args:
             path: the ``stats_dir`` setting.
-            owner: ``(uid, gid)`` of the workers (gunicorn's ``user``/``group``).
+            owner: ``(uid, gid)`` of the workers (the user the server's
+                workers run as, when it drops privileges).
 
         Raises:
             StatsDirError: ``path`` is a symlink or not a directory, or no
@@ -313,7 +320,7 @@ class StatsDir:
         for name in names:
             if name.startswith("."):
                 continue  # a record being written, or the explain trigger
-            key = _parse_key(name)
+            key = parse_key(name)
             if key is None:
                 problems[name] = "not a record name (PID-START.json)"
                 continue
@@ -336,7 +343,7 @@ class StatsDir:
         found: list[StatsRecord] = []
         with contextlib.suppress(OSError):
             for name in os.listdir(self._dir()):
-                key = _parse_key(name)
+                key = parse_key(name)
                 if key is not None and key[0] == pid:
                     record = self.read_one(*key)
                     if record is not None:
@@ -357,7 +364,7 @@ class StatsDir:
         removed = 0
         with contextlib.suppress(OSError):
             for name in os.listdir(self._dir()):
-                key = _parse_key(name)
+                key = parse_key(name)
                 if key is not None and process_start(key[0]) != key[1]:
                     self.remove(*key)
                     removed += 1

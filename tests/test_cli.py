@@ -39,7 +39,7 @@ def test_report_by_pid_and_by_pidfile(start_server: StartServer, tmp_path: Path)
     by_pid = gcfork("report", "--pid", str(server.pid))
     assert by_pid.returncode == 0, by_pid.stderr
     lines = by_pid.stdout.splitlines()
-    assert lines[0].startswith(f"gunicorn master {server.pid}: 2 workers")
+    assert lines[0].startswith(f"cluster of master {server.pid}: 2 workers")
     head = next(line for line in lines if line.startswith("ROLE"))
     for column in ("PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "MAX PAUSE"):
         assert column in head
@@ -48,7 +48,7 @@ def test_report_by_pid_and_by_pidfile(start_server: StartServer, tmp_path: Path)
                for line in lines)
     by_file = gcfork("report", "--pidfile", str(pidfile), "--unit", "MB")
     assert by_file.returncode == 0, by_file.stderr
-    assert f"gunicorn master {server.pid}" in by_file.stdout and " MB " in by_file.stdout
+    assert f"cluster of master {server.pid}" in by_file.stdout and " MB " in by_file.stdout
 
 
 def test_json_follows_the_published_schema(start_server: StartServer) -> None:
@@ -134,7 +134,7 @@ def test_the_only_master_is_found_on_its_own(tmp_path: Path, wrapper: list[str])
     assert status == "0", done.stdout + done.stderr
     assert (pid == top) is not bool(wrapper)
     assert f"gcfork: reporting gunicorn master {pid} (" in rest
-    assert f"gunicorn master {pid}: 1 worker, 2 processes" in rest
+    assert f"cluster of master {pid}: 1 worker, 2 processes" in rest
     assert "dirty" not in rest and "note:" not in rest and "across 1 worker." in rest
 
 
@@ -198,7 +198,7 @@ def test_watch_refreshes_until_interrupted_or_the_master_exits(
     err = table.stderr.read() if table.stderr else ""
     assert table.returncode == 1
     assert out.count("copy-on-write saves") >= 2
-    assert f"master {server.pid}" in err and "run `gcfork report` again" in err
+    assert f"master {server.pid} exited; run `gcfork report` again" in err
     assert "Traceback" not in err
 
 
@@ -291,7 +291,7 @@ def test_only_an_advertised_master_is_reported(tmp_path: Path) -> None:
         # The real master, behind its wrapper, with its two workers as workers.
         done = gcfork("report", "--pid", str(master))
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith(f"gunicorn master {master}: 2 workers, 3 processes, "
+        assert done.stdout.startswith(f"cluster of master {master}: 2 workers, 3 processes, "
                                       "master GC off")
         assert sum(line.startswith("worker ") for line in done.stdout.splitlines()) == 2
         assert "dirty" not in done.stdout and "note:" not in done.stdout
@@ -327,7 +327,7 @@ def test_a_master_that_could_not_advertise_needs_its_stats_dir(
              what="the master's record")
     done = gcfork("report", "--pid", str(server.pid), "--stats-dir", stats_dir)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"gunicorn master {server.pid}: 1 worker, ")
+    assert done.stdout.startswith(f"cluster of master {server.pid}: 1 worker, ")
     # The stats directory vouches for its master only, not for a worker.
     worker = server.worker_pids()[0]
     done = gcfork("report", "--pid", str(worker), "--stats-dir", stats_dir)

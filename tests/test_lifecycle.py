@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from gcfork.report import JSONRenderer, collect
+from gcfork.gunicorn.roles import members
+from gcfork.report import JSONRenderer, TableRenderer, collect
 from tests.conftest import StartServer, wait_for
 from tests.test_gunicorn import ONE_LINE
 
@@ -72,15 +75,27 @@ def test_dirty_arbiter_and_its_workers_get_the_policy(
         assert state["own_worker_object_young"] == 0 and state["freeze_count"] > 0, state
     (http,) = _states(server, "/gc", 1).values()
     assert http["enabled"] is True and http["thresholds"] == [777, 7, 7]
-    # The report shows the dirty workers with their own GC records.
-    def dirty_rows() -> list[dict[str, object]]:
-        report = json.loads(JSONRenderer()(collect(server.pid)))
-        rows = [p for p in report["processes"] if p["role"] == "dirty-worker"]
-        return rows if len(rows) == 2 and all(p["gc"] for p in rows) else []
+    # The report shows the arbiter and its dirty workers with their own GC
+    # records, each published from inside the process.
+    def dirty_rows() -> tuple[str, list[dict[str, Any]]] | None:
+        report = collect(server.pid, members)
+        rows = [p for p in json.loads(JSONRenderer()(report))["processes"]
+                if p["role"] in ("dirty-arbiter", "dirty-worker")]
+        return ((TableRenderer()(report), rows) if len(rows) == 3 and all(p["gc"] for p in rows)
+                else None)
 
-    for row in wait_for(dirty_rows, what="the dirty workers' records"):
-        assert row["pid"] in dirty and row["gc"]["enabled"] is True, row
-        assert row["gc"]["thresholds"] == [777, 7, 7], row
+    table, rows = wait_for(dirty_rows, what="the dirty arbiter's and workers' records")
+    arbiter, *workers = rows
+    assert arbiter["role"] == "dirty-arbiter" and arbiter["pid"] == arbiter_pid, rows
+    # A template: its collector off, the master's heap frozen in it and its own
+    # frozen again before each of its forks.
+    assert arbiter["gc"]["enabled"] is False and arbiter["gc"]["freeze_count"] > 0, arbiter
+    assert arbiter["requests"] is None
+    assert re.search(rf"^dirty-arbiter\s+{arbiter_pid}\s.*\s0 \(off\)\s", table,
+                     re.MULTILINE), table
+    for row in workers:
+        assert row["role"] == "dirty-worker" and row["pid"] in dirty, row
+        assert row["gc"]["enabled"] is True and row["gc"]["thresholds"] == [777, 7, 7], row
 
 
 FORKS = """

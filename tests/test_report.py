@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from gcfork import memory, procfs
-from gcfork.discover import classify
+from gcfork.gunicorn.roles import members
 from gcfork.report import (
     JSONRenderer,
     LogLineRenderer,
@@ -54,7 +54,7 @@ def with_stats(server: GunicornProcess, workers: int) -> Report:
     """A report once ``workers`` workers have published their first record."""
 
     def ready() -> Report | None:
-        report = collect(server.pid)
+        report = collect(server.pid, members)
         published = [r for r in report.workers if r.stats is not None]
         return report if len(published) == workers == len(report.workers) else None
 
@@ -84,12 +84,12 @@ def test_every_figure_matches_smaps_rollup_within_1_percent(start_server: StartS
     for _ in range(12):
         server.get("/cycles?n=2000")
     with_stats(server, 4)
-    wait_for(lambda: sum(r.requests or 0 for r in collect(server.pid).workers) == 12,
+    wait_for(lambda: sum(r.requests or 0 for r in collect(server.pid, members).workers) == 12,
              what="the requests published")
     pids = [server.pid, *server.worker_pids()]
     with stopped(pids):
         before = {pid: smaps_rollup(pid) for pid in pids}
-        report = collect(server.pid)
+        report = collect(server.pid, members)
         after = {pid: smaps_rollup(pid) for pid in pids}
     assert [r.pid for r in report.rows] == pids
     assert [r.role for r in report.rows] == ["master"] + ["worker"] * 4
@@ -120,7 +120,7 @@ def test_every_figure_matches_smaps_rollup_within_1_percent(start_server: StartS
     assert t.savings_percent == pytest.approx(100 * (t.savings or 0) / t.sum_rss)
     # gcfork at work: the master's collector is off, each worker's is on, and
     # copy-on-write keeps most of each worker's pages shared.
-    assert report.master_gc_enabled is False
+    assert report.template_gc_enabled is False
     assert all(r.stats and r.stats.gc_enabled and r.stats.freeze_count > 0
                for r in report.workers)
     assert sum(r.requests or 0 for r in report.workers) == 12
@@ -129,6 +129,8 @@ def test_every_figure_matches_smaps_rollup_within_1_percent(start_server: StartS
 
     table = TableRenderer()(report)
     assert "copy-on-write saves" in table and "across 4 workers" in table
+    assert table.startswith(f"cluster of master {server.pid}: 4 workers, 5 processes, "
+                            "master GC off  (")
     assert re.search(rf"^master\s+{server.pid}\s", table, re.MULTILINE)
     assert LogLineRenderer()(report).startswith("gcfork: memory: 4 workers, sum RSS ")
     assert json.loads(JSONRenderer()(report))["totals"]["workers"] == 4
@@ -146,7 +148,7 @@ def test_every_figure_matches_smaps_rollup_within_1_percent(start_server: StartS
     assert stats_dir is not None
     wait_for(lambda: not any(n.startswith(f"{victim}-") for n in os.listdir(stats_dir)),
              what="the exited worker's record removed")
-    start = report.master_start
+    start = report.template_start
     assert advertised(server.pid, start) == stats_dir
     server.stop()
     log = server.log()
@@ -174,7 +176,7 @@ def test_workers_exiting_during_measurement_get_a_mark(
         return real_sample(pid)
 
     monkeypatch.setattr(memory, "sample", sample_after_the_victim_exits)
-    report = collect(server.pid)
+    report = collect(server.pid, members)
     row = next(r for r in report.rows if r.pid == victim)
     assert row.memory.problem == memory.EXITED and row.memory.rss is None
     assert report.totals.unmeasured == 1 and report.totals.workers == 2
@@ -184,7 +186,7 @@ def test_workers_exiting_during_measurement_get_a_mark(
     # Live churn: workers that keep exiting while being measured never break a report.
     for pid in server.worker_pids():
         os.kill(pid, signal.SIGKILL)
-        TableRenderer()(collect(server.pid))
+        TableRenderer()(collect(server.pid, members))
 
 
 def test_unreadable_process_gets_a_mark(
@@ -203,7 +205,7 @@ def test_unreadable_process_gets_a_mark(
         return real(pid)
 
     monkeypatch.setattr(procfs, "memory", refuse_one)
-    report = collect(server.pid)
+    report = collect(server.pid, members)
     row = next(r for r in report.rows if r.pid == denied)
     assert row.memory.problem == memory.DENIED
     assert "access denied" in TableRenderer()(report)
@@ -214,8 +216,8 @@ def test_master_gone(start_server: StartServer) -> None:
     server = start_server(CONF.format(interval=0), workers=1)
     pid = server.pid
     server.stop()
-    with pytest.raises(MasterGone, match=f"master {pid} is not running"):
-        collect(pid)
+    with pytest.raises(MasterGone, match=f"process {pid} is not running"):
+        collect(pid, members)
 
 
 def test_tampered_stats_directory_gives_a_readable_report(
@@ -239,7 +241,7 @@ def test_tampered_stats_directory_gives_a_readable_report(
         other = d / "3-3.json"
         other.write_text("{}")
         os.chown(other, 65534, 65534)
-        tampered = collect(server.pid)
+        tampered = collect(server.pid, members)
         table = TableRenderer()(tampered)
     row = next(r for r in tampered.rows if r.pid == worker.pid)
     assert row.stats is None  # the symlinked record was not followed
@@ -252,7 +254,7 @@ def test_tampered_stats_directory_gives_a_readable_report(
     moved = tmp_path / "moved"
     os.rename(d, moved)
     os.symlink(moved, d)
-    refused = collect(server.pid)
+    refused = collect(server.pid, members)
     assert all(r.stats is None for r in refused.rows)
     assert any("symlink" in n for n in refused.notes), refused.notes
     os.unlink(d)
@@ -279,20 +281,28 @@ def test_roles_come_from_records_never_from_guesses(
     report = with_stats(server, 2)
     roles = sorted(r.role for r in report.rows)
     assert roles == ["child", "child", "master", "worker", "worker"], roles
-    # No record at all (an empty stats directory): the master named no dirty
-    # arbiter, so none is guessed; direct children are workers.
+    # No record at all (an empty stats directory): no process says it is the
+    # dirty arbiter, so none is guessed; direct children are workers.
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o700)
-    blind = collect(server.pid, str(empty))
+    blind = collect(server.pid, members, str(empty))
     assert sorted(r.role for r in blind.rows) == roles
     assert any("has published no record yet" in n for n in blind.notes)
-    # The dirty arbiter is the pid the master's record names, and only that one.
-    named, other = (r.pid for r in report.workers)
-    members = {m.pid: m.role for m in classify(server.pid, dirty_arbiter_pid=named)}
-    assert members[named] == "dirty-arbiter" and members[other] == "worker"
+    # The dirty arbiter is the child whose own record says so, and only that one.
+    named, other = report.workers
+    assert named.stats is not None and other.stats is not None
+    records = {named.pid: named.stats._replace(role="dirty-arbiter"), other.pid: other.stats}
+    roles = {m.pid: m.role for m in members(server.pid, records)}
+    assert roles[named.pid] == "dirty-arbiter" and roles[other.pid] == "worker"
     grandchildren = {c.pid: c.ppid() for c in psutil.Process(server.pid).children(True)
                      if c.ppid() != server.pid}
-    assert sorted(members[pid] for pid in grandchildren) == ["child", "dirty-worker"]
+    assert sorted(roles[pid] for pid in grandchildren) == ["child", "dirty-worker"]
+    # A record cannot make a grandchild a worker or a worker the master.
+    liar = records[named.pid]._replace(role="master")
+    roles = {m.pid: m.role for m in members(server.pid, {named.pid: liar,
+                                                          **{p: liar for p in grandchildren}})}
+    assert roles[named.pid] == "worker" and roles[server.pid] == "master"
+    assert sorted(roles[pid] for pid in grandchildren) == ["child", "child"]
 
 
 def test_figures_from_a_bad_record_never_crash_a_renderer(start_server: StartServer) -> None:
@@ -354,9 +364,10 @@ def test_sampler_stop_waits_for_the_thread_and_sample_now_is_fresh() -> None:
         if calls == 2:
             inside.set()
             time.sleep(0.5)
-        return GCCollector().record("master", None, dirty_arbiter_pid=0)
+        return GCCollector().record("master", None)
 
-    sampler = Sampler(os.getpid(), stats, slow_master_record, logged.append, 0, tick=0.05)
+    sampler = Sampler(os.getpid(), stats, members, slow_master_record, logged.append, 0,
+                      tick=0.05)
     sampler.start()
     wait_for(inside.is_set, what="the sampler mid-iteration")
     assert sampler.stop(timeout=10) is True
@@ -368,7 +379,8 @@ def test_sampler_stop_waits_for_the_thread_and_sample_now_is_fresh() -> None:
     stats = StatsDir.create(None)
     calls = 0
     inside.clear()
-    sampler = Sampler(os.getpid(), stats, slow_master_record, logged.append, 0, tick=0.05)
+    sampler = Sampler(os.getpid(), stats, members, slow_master_record, logged.append, 0,
+                      tick=0.05)
     sampler.start()
     wait_for(inside.is_set, what="the sampler mid-iteration")
     assert sampler.stop(timeout=0.01) is False
@@ -380,4 +392,4 @@ def test_sampler_stop_waits_for_the_thread_and_sample_now_is_fresh() -> None:
     before = time.time()
     report = sampler.sample_now()
     assert report.taken >= before and sampler.last is report
-    assert report.master_pid == os.getpid() and report.rows[0].role == "master"
+    assert report.template_pid == os.getpid() and report.rows[0].role == "master"

@@ -68,6 +68,10 @@ def test_collector_counts_collections_and_pauses(collector: GCCollector) -> None
                                                            process_start(os.getpid()), 7)
     assert record.freeze_count == gc.get_freeze_count()
     assert record.to_json()["schema"] == SCHEMA_VERSION
+    # The role is the adapter's word, kept as given; the record names no other process.
+    arbiter = collector.record("dirty-arbiter", None)
+    assert StatsRecord.loads(arbiter.dumps()) == arbiter
+    assert "dirty_arbiter_pid" not in arbiter.to_json()
 
 
 def test_directory_is_private_and_records_atomic(collector: GCCollector, tmp_path: Path) -> None:
@@ -276,7 +280,8 @@ BAD_FIELDS = [
     ("gc.thresholds", [700, 10, 10, 10]), ("gc.thresholds", "700"), ("gc.freeze_count", None),
     ("gc.generations", [{}]), ("gc.generations.0.pause_max", -0.5),
     ("gc.generations.0.collections", 2**63), ("final", "yes"), ("uss_at_exit", -1),
-    ("dirty_arbiter_pid", 1 << 23), ("gc", []), ("schema", True),
+    ("role", ""), ("role", "Master"), ("role", "worker one"), ("role", "x" * 33),
+    ("role", "worker\u200b"), ("gc", []), ("schema", True),
 ]
 
 

@@ -22,6 +22,7 @@ from gcfork.exceptions import (
     ThresholdsRefused,
     WarmupError,
 )
+from gcfork.gunicorn.roles import DIRTY_ARBITER, DIRTY_WORKER, MASTER, WORKER, members
 from gcfork.lifecycle import LIFECYCLE
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
@@ -118,10 +119,10 @@ class Adapter:
 
     def dirty_worker_init(self, worker: Any) -> None:
         """Dirty worker, after loading its dirty apps: publish its GC record,
-        so that the report shows its collections as a worker's."""
+        so that the report shows its collections."""
         if LIFECYCLE.forked_from_template:
             _log_lifecycle_failure(worker.log, f"dirty worker pid={os.getpid()}")
-            self._start_publishing(worker)
+            self._start_publishing(worker, DIRTY_WORKER)
 
     def on_dirty_starting(self, arbiter: Any) -> None:
         """Dirty arbiter (gunicorn 25+), forked by the master without pre_fork:
@@ -132,6 +133,12 @@ class Adapter:
         if self.policy.changes_gc:
             actions.disable_in_master()
         LIFECYCLE.arm(self.policy)
+        # Its record names it for the report (gcfork.gunicorn.roles): the first
+        # is written now, before the arbiter forks any dirty worker. It is not
+        # explained: `gcfork explain` profiles the processes that serve.
+        self._start_publishing(arbiter, DIRTY_ARBITER, explain=False)
+        if self.publisher is not None:
+            self.publisher.publish()
         arbiter.log.info("gcfork: dirty arbiter pid=%s: GC %s, its workers forked with the "
                          "policy", os.getpid(), "off" if self.policy.changes_gc else "as is")
 
@@ -223,11 +230,9 @@ class Adapter:
             return
 
         def master_record() -> StatsRecord:
-            # 0 says "no dirty arbiter", which the report tells from "unknown".
-            dirty = getattr(server, "dirty_arbiter_pid", 0) or 0
-            return self.collector.record("master", None, dirty_arbiter_pid=dirty)
+            return self.collector.record(MASTER, None)
 
-        self.sampler = Sampler(os.getpid(), self.stats, master_record, server.log.info,
+        self.sampler = Sampler(os.getpid(), self.stats, members, master_record, server.log.info,
                                self.policy.report_interval)
         self.stats.publish(master_record())
         self.sampler.start()
@@ -275,7 +280,7 @@ class Adapter:
             if self.sampler is not None:
                 self.sampler.stop()
             last = self.sampler.last if self.sampler is not None else None
-            report = last if last is not None else collect(pid, self.stats.path)
+            report = last if last is not None else collect(pid, members, self.stats.path)
             server.log.info("gcfork: report at shutdown (sampled %.0fs before):\n%s",
                             time.time() - report.taken, TableRenderer()(report))
         finally:
@@ -350,7 +355,7 @@ class Adapter:
             self._post_fork_gc(server, worker)
         finally:
             # After the GC is set up, so that the first record shows it on.
-            self._start_publishing(worker)
+            self._start_publishing(worker, WORKER)
 
     def _post_fork_gc(self, server: Any, worker: Any) -> None:
         if not self.policy.changes_gc:
@@ -370,7 +375,9 @@ class Adapter:
         info, thresholds = self._assignment(worker)
         self._enable(worker, info, thresholds)
 
-    def _start_publishing(self, worker: Any) -> None:
+    def _start_publishing(self, proc: Any, role: str, explain: bool = True) -> None:
+        """In a child of a template, right after its fork: publish its record,
+        with its role, every few seconds from a daemon thread."""
         # Published whatever the mode: mode "off" is the baseline of a comparison.
         self.sampler = None  # the master's thread does not run in a child
         if self.stats is None:
@@ -378,16 +385,16 @@ class Adapter:
         try:
             self.collector.reset()
             self.collector.install()
-            # worker.nr is read from the thread: the request path does no work for it
-            # (a dirty worker has no count: None).
+            # proc.nr is read from the thread: the request path does no work for it
+            # (a dirty arbiter or dirty worker has no count: None).
             self.publisher = Publisher(
-                self.stats, lambda: self.collector.record("worker", getattr(worker, "nr", None)),
-                on_error=lambda msg: worker.log.warning("gcfork: %s", msg),
-                also=self._explain_trigger(self.stats, worker),
+                self.stats, lambda: self.collector.record(role, getattr(proc, "nr", None)),
+                on_error=lambda msg: proc.log.warning("gcfork: %s", msg),
+                also=self._explain_trigger(self.stats, proc) if explain else None,
             )
             self.publisher.start()
         except Exception:
-            worker.log.exception("gcfork: cannot publish GC statistics; serving without them")
+            proc.log.exception("gcfork: cannot publish GC statistics; serving without them")
 
     @staticmethod
     def _explain_trigger(stats: StatsDir, worker: Any) -> Callable[[], object] | None:
@@ -409,7 +416,7 @@ class Adapter:
             return
         self.publisher.stop()
         self.publisher.publish(self.collector.record(
-            "worker", worker.nr, final=True, uss_at_exit=memory.own_uss()))
+            WORKER, worker.nr, final=True, uss_at_exit=memory.own_uss()))
 
     def worker_exit_last(self, server: Any, worker: Any) -> None:
         """After the user's ``worker_exit`` hook, even one that raised: end the

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from gcfork.config import STATS_DIR, settings_markdown
-from gcfork.discover import (
+from gcfork.exceptions import DiscoveryError, MasterGone
+from gcfork.gunicorn.discover import (
     Master,
     choose,
     find_masters,
     master_from_pid,
     master_from_pidfile,
 )
-from gcfork.exceptions import DiscoveryError
+from gcfork.gunicorn.roles import members
 from gcfork.report import JSONRenderer, Report, TableRenderer, collect
 from gcfork.tools import bench, explain
 from gcfork.tools.bench.variants import VARIANTS
@@ -219,7 +220,9 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     refresh = bool(args.watch) and not args.json and stream.isatty()
     try:
         while True:
-            text = render(collect(master.pid, args.stats_dir or master.stats_dir, threads=_THREADS))
+            report = collect(master.pid, members, args.stats_dir or master.stats_dir,
+                             threads=_THREADS)
+            text = render(report)
             stream.write((_CLEAR if refresh else "") + text + "\n")
             stream.flush()
             if not args.watch:
@@ -227,8 +230,9 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if not refresh and not args.json:
                 stream.write("\n")
             time.sleep(args.watch)
-    except DiscoveryError as exc:
-        _error(f"{exc}; run `gcfork report` again to find the running masters")
+    except MasterGone:
+        _error(f"master {master.pid} exited; run `gcfork report` again to find the running "
+               "masters")
         return EXIT_NO_MASTER
     except KeyboardInterrupt:
         return EXIT_OK

@@ -127,7 +127,7 @@ def record_text(pid: int, start: int, /, **overrides: str) -> str:
         "gc": ('{"enabled":true,"thresholds":[700,10,10],"freeze_count":5,"generations":['
                + ",".join(['{"collections":1,"collected":0,"uncollectable":0,'
                            '"pause_total":0.001,"pause_max":0.001}'] * 3) + "]}"),
-        "final": "false", "uss_at_exit": "null", "dirty_arbiter_pid": "null",
+        "final": "false", "uss_at_exit": "null",
     }
     fields.update(overrides)
     return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from gcfork.config import STATS_DIR
 from gcfork.exceptions import BenchError, GcforkError, ServerError
+from gcfork.gunicorn.roles import members
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.stats import PUBLISH_INTERVAL
 from gcfork.tools.bench.results import Checkpoint, Run
@@ -144,7 +145,7 @@ def _sample(master_pid: int, stats_dir: str) -> Report:
     # Workers publish their GC statistics every PUBLISH_INTERVAL seconds: wait
     # for one round so the figures belong to this checkpoint.
     time.sleep(PUBLISH_INTERVAL + 0.3)
-    return collect(master_pid, stats_dir)
+    return collect(master_pid, members, stats_dir)
 
 
 def figures(report: Report) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def figures(report: Report) -> dict[str, Any]:
         "savings_pct": totals.savings_percent,
         "mean_worker_uss": totals.mean_worker_uss,
         "mean_worker_shared_pct": totals.mean_worker_shared_percent,
-        "master_rss": report.master.memory.rss,
+        "master_rss": report.template.memory.rss,
         "gc_collections": sum(collections) if collections else None,
         "gc_max_pause": max(pauses) if pauses else None,
     }

@@ -1,4 +1,5 @@
-"""Find the gcfork masters of this user, and tell the roles in a master's tree.
+"""Find the gcfork masters of this user for ``gcfork report``, and say what
+a pid that is not one is.
 
 A master is what gcfork itself advertises, never a guess from a command line:
 at start, a master with gcfork installed writes ``PID-START.json`` into a
@@ -8,50 +9,40 @@ that start time, so a wrapper (``timeout``, ``tini``, ``dumb-init``, ``uv
 run``) whose command line says ``gunicorn`` is never taken for the master, and
 a reused pid never finds an old master's file.
 
-In a master's tree, a direct child that published a worker record is a worker;
-the dirty arbiter is only the process the master's record names
-(``dirty_arbiter_pid``), and its children are dirty workers; a direct child
-without a record yet is a worker; anything deeper is a ``child`` (e.g. a
-process a request forked).
+A pid in a master's tree is named by its role there
+(:func:`gcfork.gunicorn.roles.members`); one outside it that runs gunicorn is
+told apart by its command line, only to word the refusal.
+
+Runs in the ``gcfork`` command, never in a server (psutil is imported by the
+functions that need it).
 
 .. versionadded:: 0.2
 .. versionchanged:: 0.3
    Masters are found by their advertisement, not by command line; a pid that
-   is not a master is refused with what it is.
+   is not a master is refused with what it is. Moved from ``gcfork.discover``
+   into the gunicorn adapter; the roles are in :mod:`gcfork.gunicorn.roles`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from gcfork import procfs
 from gcfork.exceptions import DiscoveryError, StatsDirError
+from gcfork.gunicorn.roles import DIRTY_ARBITER, DIRTY_WORKER, MASTER, WORKER, members
 from gcfork.memory import process_start
-from gcfork.stats import StatsDir, StatsRecord, advertised, runtime_dirs
+from gcfork.stats import StatsDir, StatsRecord, advertised, parse_key, runtime_dirs
 
 __all__ = [
-    "DIRTY_ARBITER",
-    "DIRTY_WORKER",
-    "MASTER",
-    "OTHER_CHILD",
-    "WORKER",
     "DiscoveryError",
     "Master",
-    "Member",
     "choose",
-    "classify",
     "find_masters",
+    "is_gunicorn",
     "master_from_pid",
     "master_from_pidfile",
 ]
-
-MASTER = "master"
-WORKER = "worker"
-DIRTY_ARBITER = "dirty-arbiter"
-DIRTY_WORKER = "dirty-worker"
-OTHER_CHILD = "child"
 
 
 class Master(NamedTuple):
@@ -61,13 +52,6 @@ class Master(NamedTuple):
     start: int  # memory.process_start(pid)
     cmdline: str
     stats_dir: str | None  # what the master advertised (or --stats-dir)
-
-
-class Member(NamedTuple):
-    """A process of a master's tree and its role (returned by :func:`classify`)."""
-
-    pid: int
-    role: str
 
 
 def _cmdline(pid: int) -> str:
@@ -105,17 +89,6 @@ def is_gunicorn(cmdline: Sequence[str]) -> bool:
     return False
 
 
-def _parse_name(name: str) -> tuple[int, int] | None:
-    """``(pid, start)`` from an advertisement's file name ``PID-START.json``."""
-    stem, dot, ext = name.partition(".")
-    pid, dash, start = stem.partition("-")
-    if not (dot and ext == "json" and dash and pid.isdigit() and start.isdigit()):
-        return None
-    if len(pid) > 10 or len(start) > 20:  # not a pid or a tick count: skip, never crash
-        return None
-    return int(pid), int(start)
-
-
 def find_masters() -> list[Master]:
     """Every running master that advertised itself to this user, oldest first.
 
@@ -129,7 +102,7 @@ def find_masters() -> list[Master]:
         except OSError:
             continue
         for name in names:
-            key = _parse_name(name)
+            key = parse_key(name)
             if key is not None:
                 keys.add(key)
     masters = []
@@ -142,13 +115,15 @@ def find_masters() -> list[Master]:
     return sorted(masters, key=lambda m: (m.start, m.pid))
 
 
-def _master_record(master: Master) -> StatsRecord | None:
+def _records(master: Master) -> dict[int, StatsRecord]:
+    """The records of a master's stats directory, by pid; none if unreadable."""
     if master.stats_dir is None:
-        return None
+        return {}
     try:
-        return StatsDir.open(master.stats_dir).read_one(master.pid, master.start)
+        read = StatsDir.open(master.stats_dir).read()
     except StatsDirError:
-        return None
+        return {}
+    return {pid: record for (pid, _), record in read.records.items()}
 
 
 def _ancestors(pid: int) -> list[int]:
@@ -165,24 +140,26 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
+# How a refusal names the role of a pid in a master's tree.
+_WHAT = {WORKER: "a worker", DIRTY_ARBITER: "the dirty arbiter",
+         DIRTY_WORKER: "a dirty worker"}
+
+
 def _what_it_is(pid: int, masters: Sequence[Master]) -> str:
     """Why ``pid`` (a live process that advertised nothing) is not a master,
     and which master to report instead when there is one."""
     label = f"pid {pid} ({_name(pid)})"
     by_pid = {m.pid: m for m in masters}
     chain = _ancestors(pid)
-    for depth, ancestor in enumerate(chain):
+    for ancestor in chain:
         master = by_pid.get(ancestor)
         if master is None:
             continue
         how = f"run gcfork report --pid {master.pid}"
-        record = _master_record(master)
-        dirty = None if record is None else record.dirty_arbiter_pid
-        if depth == 0:
-            what = "the dirty arbiter" if dirty and dirty == pid else "a worker"
+        role = {m.pid: m.role for m in members(master.pid, _records(master))}.get(pid)
+        what = _WHAT.get(role or "")
+        if what is not None:
             return f"pid {pid} is {what} of gcfork master {master.pid}: {how}"
-        if depth == 1 and dirty and chain[0] == dirty:
-            return f"pid {pid} is a dirty worker of gcfork master {master.pid}: {how}"
         return (f"pid {pid} is a process in the tree of gcfork master {master.pid} "
                 f"(its parent is {chain[0]}): {how}")
     children = [m for m in masters if pid in _ancestors(m.pid)[:1]]
@@ -283,42 +260,3 @@ def choose(candidates: Sequence[Master]) -> Master:
             + "\n".join(lines)
         )
     return candidates[0]
-
-
-def classify(
-    master_pid: int, dirty_arbiter_pid: int | None = None, workers: Collection[int] = ()
-) -> list[Member]:
-    """The master and every descendant, each with its role, master first.
-
-    Args:
-        master_pid: the master.
-        dirty_arbiter_pid: gunicorn's dirty arbiter as the master's record
-            says it (0: it has none); None when the master said nothing.
-        workers: pids known to be workers (they published a worker record).
-
-    Returns:
-        The members; an empty list if the master is gone.
-    """
-    if process_start(master_pid) is None:
-        return []
-    parent_of = procfs.descendants(master_pid)
-    roles: dict[int, str] = {}
-    for pid, ppid in parent_of.items():
-        if ppid != master_pid:
-            continue
-        if pid in workers:
-            roles[pid] = WORKER
-        elif dirty_arbiter_pid and pid == dirty_arbiter_pid:
-            roles[pid] = DIRTY_ARBITER
-        else:
-            # No record yet (a worker publishes within its first seconds): a
-            # gunicorn master's direct children are its workers, but for the
-            # dirty arbiter, which only the master's record may name.
-            roles[pid] = WORKER
-    for pid, ppid in parent_of.items():
-        if pid not in roles:
-            roles[pid] = DIRTY_WORKER if roles.get(ppid) == DIRTY_ARBITER else OTHER_CHILD
-    order = {MASTER: 0, WORKER: 1, DIRTY_ARBITER: 2, DIRTY_WORKER: 3, OTHER_CHILD: 4}
-    members = sorted((Member(pid, role) for pid, role in roles.items()),
-                     key=lambda m: (order[m.role], m.pid))
-    return [Member(master_pid, MASTER), *members]
