@@ -8,22 +8,20 @@ own record there too and reads them back, as ``gcfork report`` does.
 The template opens the directory once (:meth:`StatsDir.create`) and every
 process works through that descriptor (workers inherit it across the fork):
 a directory swapped for a symlink later is never followed (see
-:mod:`gcfork.files`). The directory belongs to the workers' user (the one
-the server drops privileges to, if it does), mode 0700. gcfork never changes the mode or owner of a
-directory it did not create: a given ``stats_dir`` that is shared or not the
-workers' gets a private subdirectory, removed at exit. Each record is one
-file, mode 0600, named after the process's pid and start time (pids get
-reused). Readers ignore, with a reason, any file that is a symlink, not a
-regular file, owned by neither the directory's owner nor the reader, over
-:data:`MAX_RECORD_BYTES`, or not a valid record of :data:`SCHEMA_VERSION`
+:mod:`gcfork.files`). The directory belongs to the workers' user (the one the
+server drops privileges to, if any), mode 0700. gcfork never changes the mode
+or owner of a directory it did not create: a given ``stats_dir`` that is
+shared or not the workers' gets a private subdirectory, removed at exit. Each
+record is one file, mode 0600, named after the process's pid and start time
+(pids get reused). Readers ignore, with a reason, any file that is a symlink,
+not a regular file, owned by neither the directory's owner nor the reader,
+over :data:`MAX_RECORD_BYTES`, or not a valid record of :data:`SCHEMA_VERSION`
 (every field typed and bounded, floats finite).
 
-The master advertises where its directory is: a 0600 file named after its pid
-and start time in a per-user runtime directory (see :func:`runtime_dirs`), so
+The template advertises where its directory is: a 0600 file named after its
+pid and start time in a per-user runtime directory (:func:`runtime_dirs`), so
 ``gcfork report --pid N`` finds the directory of master N without being told.
-
-Nothing here runs on a request path or imports more than the standard
-library, psutil and :mod:`gcfork.memory`.
+Nothing here runs on a request path; past gcfork, it imports the standard library.
 
 .. versionadded:: 0.2
 .. versionchanged:: 0.3
@@ -85,10 +83,7 @@ def _key_name(pid: int, start: int) -> str:  # pids get reused: with the start, 
 
 def parse_key(name: str) -> tuple[int, int] | None:
     """``(pid, start)`` from a record's or an advertisement's file name,
-    ``PID-START.json``; None for any other name.
-
-    .. versionadded:: 0.3
-    """
+    ``PID-START.json``; None for any other name (new in 0.3)."""
     stem, _, ext = name.partition(".")
     pid, dash, start = stem.partition("-")
     if ext != "json" or not dash or not pid.isdigit() or not start.isdigit():

@@ -95,7 +95,7 @@ def start_trigger(directory: str | StatsDir, interval: float = 1.0) -> threading
     Args:
         directory: the server's stats directory (its ``.explain``
             subdirectory is used), or the trigger directory's path
-            (:func:`gcfork.explain.trigger_dir`), made ``0700`` if missing.
+            (:func:`gcfork.tools.explain.trigger_dir`), made ``0700`` if missing.
         interval: seconds between two checks.
 
     Returns:

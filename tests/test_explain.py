@@ -140,8 +140,8 @@ def test_the_server_side_loads_no_profiler_and_no_tool() -> None:
     # is loaded only when a request comes. What the server imports is paid by
     # the whole cluster (docs/benchmarks.md): no psutil on Linux, no hashlib,
     # and nothing of the tools a person runs.
-    heavy = ("gcfork.explain", "gcfork.tools", "psutil", "secrets", "hashlib", "platform",
-             "concurrent.futures", "argparse")
+    heavy = ("gcfork.explain", "gcfork.tools", "gcfork.gunicorn.discover", "psutil", "secrets",
+             "hashlib", "platform", "concurrent.futures", "argparse")
     code = ("import sys, gcfork, gcfork.gunicorn, gcfork.trigger; "
             f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     out = subprocess.run(

@@ -18,7 +18,8 @@ pre_fork           master   give the worker a slot and thresholds; the freeze
                             make the heap immortal (``immortalize``)
 on_dirty_starting  dirty    gunicorn 25+'s dirty arbiter (forked without
                    arbiter  ``pre_fork``): GC off, a template for its dirty
-                            workers, which get the GC on
+                            workers, which get the GC on; publish its own
+                            GC record (role ``dirty-arbiter``)
 dirty_worker_init  dirty    publish the dirty worker's GC record
                    worker
 post_fork          worker   set thresholds, enable the GC, log the proof;
@@ -33,7 +34,9 @@ on_exit            master   log the full report; remove the stats directory
 
 A config file can define the same hooks, before or after gcfork's line: both
 run (:mod:`gcfork.gunicorn.hooks`). What each hook does is in
-:mod:`gcfork.gunicorn.adapter`.
+:mod:`gcfork.gunicorn.adapter`; the roles the report shows are named in
+:mod:`gcfork.gunicorn.roles`, and :mod:`gcfork.gunicorn.discover` finds
+masters for ``gcfork report`` (never loaded by a server).
 
 gcfork's hook code never stops the server by accident: its exceptions are
 logged and the server carries on. The one exception is deliberate:
