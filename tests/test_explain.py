@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from gcfork.exceptions import CowProfileError
 from gcfork.tools import cli
 from gcfork.tools.explain import render_explain
 from gcfork.trigger import start_trigger
-from tests.conftest import REPO
+from tests.conftest import REPO, StartServer, wait_for
 
 MASTER = """
     import gc, json, os, sys, time
@@ -149,3 +150,25 @@ def test_the_server_side_loads_no_profiler_and_no_tool() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60,
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_running_server_has_loaded_no_tool(start_server: StartServer) -> None:
+    # The same, in a real server after gcfork did its work: the master has
+    # sampled the cluster (its periodic line is logged) before it forks the
+    # second worker, which inherits whatever the master loaded by then.
+    heavy = ("gcfork.explain", "gcfork.tools", "gcfork.gunicorn.discover", "psutil")
+    server = start_server("import gcfork; gcfork.install(globals(), report_interval=0.2)\n"
+                          "preload_app = True\n", workers=1)
+    wait_for(lambda: "gcfork: memory: 1 worker" in server.log(), what="a sampled report")
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="the second worker")
+    loaded: dict[int, list[str]] = {}
+
+    def both() -> bool:
+        status, body = server.get("/modules")
+        answer = json.loads(body)
+        loaded[answer["pid"]] = [m for m in answer["modules"] if m.startswith(heavy)]
+        return status == 200 and len(loaded) == 2
+
+    wait_for(both, what="both workers' modules")
+    assert all(names == [] for names in loaded.values()), loaded

@@ -10,6 +10,7 @@ Endpoints:
     /cycles?n=N   makes N reference cycles (garbage for the collector)
     /reference    reads every record of REFERENCE, as a request reading the
                   app's shared data would (each read writes a reference count)
+    /modules      the worker's pid and the names of the modules it has loaded
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -97,6 +99,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         for key, record in REFERENCE.items():
             total += len(key) + record["id"] + len(record["tags"][0])
         body = {"pid": os.getpid(), "records": len(REFERENCE), "total": total}
+    elif path == "/modules":
+        body = {"pid": os.getpid(), "modules": sorted(sys.modules)}
     elif path == "/cycles":
         for _ in range(int(query.get("n", ["1000"])[0])):
             node: dict[str, Any] = {}
