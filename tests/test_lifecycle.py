@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from gcfork.gunicorn.roles import members
 from gcfork.report import JSONRenderer, TableRenderer, collect
-from tests.conftest import StartServer, wait_for
+from tests.conftest import REPO, StartServer, wait_for
 from tests.test_gunicorn import ONE_LINE
 
 pytest.importorskip("gunicorn.dirty", reason="dirty apps need gunicorn 25 or later")
@@ -96,6 +98,12 @@ def test_dirty_arbiter_and_its_workers_get_the_policy(
     for row in workers:
         assert row["role"] == "dirty-worker" and row["pid"] in dirty, row
         assert row["gc"]["enabled"] is True and row["gc"]["thresholds"] == [777, 7, 7], row
+    # `gcfork report` names them by the same roles when given their pid.
+    for pid, what in ((arbiter_pid, "the dirty arbiter"), (workers[0]["pid"], "a dirty worker")):
+        done = subprocess.run([sys.executable, "-m", "gcfork", "report", "--pid", str(pid)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 1, done.stdout
+        assert f"pid {pid} is {what} of gcfork master {server.pid}" in done.stderr, done.stderr
 
 
 FORKS = """
@@ -135,11 +143,6 @@ print(json.dumps({"before": before, "plain": plain, "announced": announced,
 
 
 def test_the_lifecycle_tells_forks_apart() -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     done = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True,
                           timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
@@ -240,11 +243,6 @@ print(json.dumps([child_failure(), child_failure()]))
 def test_a_failure_inside_fork_reaches_that_child_only() -> None:
     # The handlers may not raise or log inside os.fork(): the child that was
     # forked carries the reason (the adapter logs it at ERROR), the next does not.
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     done = subprocess.run([sys.executable, "-c", FAILING], capture_output=True, text=True,
                           timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
