@@ -6,7 +6,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean torture
+# The interpreters of the per-version tests (tests/test_versions.py and the
+# techniques' tests): pyenv's, and 3.14/3.15 from the interpreter installer,
+# which `make test` runs when it can (as root; it needs only Debian's package
+# registry). Under CI a listed interpreter that is missing fails its tests.
+# TEST_PYTHONS="3.14=/path/python3.14 ..." points the tests elsewhere.
+PYENV_PYTHONS := 3.10 3.11 3.12 3.13
+INSTALLED_PYTHONS := 3.14 3.15
+TEST_PYTHONS_INSTALLER ?= $(firstword $(wildcard $(abspath ../shared/pythons/install-python.sh) /work/shared/pythons/install-python.sh))
+export TEST_PYTHONS_INSTALLER
+export TEST_PYTHONS_EXPECTED := $(PYENV_PYTHONS) $(if $(TEST_PYTHONS_INSTALLER),$(INSTALLED_PYTHONS))
+
+.PHONY: demo test lint clean torture pythons
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +29,17 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy gcfork
 	$(BIN)/python -m gcfork settings --check docs/configuration.md
 
-test: lint
+test: lint pythons
 	$(BIN)/pytest
+
+pythons:
+	@if [ -z "$(TEST_PYTHONS_INSTALLER)" ]; then \
+		echo "make pythons: no interpreter installer found; 3.14/3.15 tests use TEST_PYTHONS or skip"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		bash $(TEST_PYTHONS_INSTALLER) $(INSTALLED_PYTHONS) || [ -z "$$CI" ]; \
+	else \
+		echo "make pythons: not root, not installing $(INSTALLED_PYTHONS); the tests use what is installed"; \
+	fi
 
 TORTURE_OUT ?= torture.json
 torture: $(BIN)/.installed

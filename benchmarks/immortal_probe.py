@@ -72,9 +72,9 @@ def one_run(mode: str, records: int) -> dict[str, object]:
 
 
 def _pythons() -> list[str]:
-    """3.12 and 3.13: the test suite's cached venvs (gcfork imports psutil), else pyenv's."""
+    """3.12 to 3.15: the test suite's cached venvs (gcfork imports psutil), else pyenv's."""
     found = []
-    for minor in ("3.12", "3.13"):
+    for minor in ("3.12", "3.13", "3.14", "3.15"):
         venv = REPO / ".venvs" / f"py{minor}-gunicorn" / "bin" / "python"
         pyenv = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{minor}.*/bin/python")))
         if venv.exists():
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
         return 0
     pythons = args.python or _pythons()
     if not pythons:
-        print("no CPython 3.12 or 3.13 found; pass --python", file=sys.stderr)
+        print("no CPython 3.12 to 3.15 found; pass --python", file=sys.stderr)
         return 1
     mib = 1024 * 1024
     print(f"dict-read probe: {args.records} records; child reads every record after fork")

@@ -14,6 +14,7 @@ from gcfork.exceptions import ThresholdsRefused
 from gcfork.typing import Thresholds
 
 __all__ = [
+    "FreezePlan",
     "GCState",
     "ThresholdsRefused",
     "collect_since_last_freeze",
@@ -21,12 +22,64 @@ __all__ = [
     "disable_in_master",
     "enable_in_master",
     "enable_in_worker",
+    "free_threaded",
     "freeze",
+    "freeze_plan",
     "gc_semantics",
     "gc_state",
     "release_free_memory",
     "significant_thresholds",
 ]
+
+
+class FreezePlan(NamedTuple):
+    """What the template does to its collector right before one fork."""
+
+    freeze: bool
+    collect_all: bool
+    collect_young: bool
+
+
+def freeze_plan(first: bool, collect_before_freeze: bool,
+                free_threaded_build: bool | None = None) -> FreezePlan:
+    """Template, right before a fork: freeze, and collect what first?
+
+    - The first fork: freeze; collect everything first only if
+      ``collect_before_freeze`` asks (a collection of the freshly imported app
+      leaves holes that workers fill, copying the pages).
+    - Every later fork of a GIL build: free the cycles made since the previous
+      freeze (:func:`collect_since_last_freeze`), then freeze what is left.
+    - Every later fork of a free-threaded build: nothing. There ``gc.freeze()``
+      stops the world and sets a bit in the header of every object it freezes,
+      and a collection visits every object of the heap; doing either before each
+      fork would write to pages the running workers share with the template.
+      What the template made since the first fork stays young in the new
+      worker, where its own collections may free it.
+
+    Args:
+        free_threaded_build: whether this is a free-threaded build; None reads
+            it from this interpreter (:func:`free_threaded`).
+    """
+    if free_threaded_build is None:
+        free_threaded_build = free_threaded()
+    if first:
+        return FreezePlan(True, collect_before_freeze, False)
+    if free_threaded_build:
+        return FreezePlan(False, False, False)
+    return FreezePlan(True, False, True)
+
+
+def free_threaded() -> bool:
+    """Whether this interpreter is a free-threaded (no-GIL) build: 3.13t and later.
+
+    ``sys._is_gil_enabled`` exists on every 3.13 build and tells whether the
+    GIL is on now, not the build; the build flag does.
+    """
+    if "t" in getattr(sys, "abiflags", ""):
+        return True
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 class GCState(NamedTuple):
@@ -200,6 +253,8 @@ def gc_semantics() -> str:
 
     ``docs/how-it-works.md`` says what each one makes of the three thresholds.
     """
+    if free_threaded():
+        return "free-threaded GC, one generation, frozen before the first fork only"
     if _incremental():
         return "incremental GC, threshold2 ignored"
     return "generational GC"

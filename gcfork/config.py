@@ -284,7 +284,7 @@ IMMORTALIZE: Setting[bool] = Setting(
     default=False,
     validator=validate.boolean,
     from_env=validate.env_bool,
-    allowed="True (CPython 3.12 or 3.13, 64-bit release build with the GIL) or False",
+    allowed="True (CPython 3.12 to 3.15, 64-bit release build with the GIL) or False",
     env_syntax="1/0, true/false, yes/no or on/off",
     doc="""\
 Experimental. Make every object of the master immortal (PEP 683) right after
@@ -305,7 +305,7 @@ still be freed. The walk takes about 0.1 s per 100,000 objects; one line in
 the master's log gives the count, the time and the master's RSS change.
 
 Refused at start-up, naming the reason, on any interpreter other than 64-bit
-CPython 3.12 or 3.13 with the GIL. Ignored in mode ``off``.""",
+CPython 3.12 to 3.15 with the GIL. Ignored in mode ``off``.""",
 )
 
 FAST_EXIT: Setting[bool] = Setting(

@@ -37,25 +37,32 @@ Objects that are left mortal on purpose:
 - frame objects, which hold the locals of code that was running at the time.
 
 Interned strings and interpreter finalization: on 3.12 every interned string
-is already immortal (and skipped); on 3.13 interned strings can be mortal
+is already immortal (and skipped); from 3.13 interned strings can be mortal
 (``SSTATE_INTERNED_MORTAL``) and this module makes them immortal by their
 reference count only, leaving their interned state alone. At exit,
 ``_PyUnicode_ClearInterned`` only restores and drops the interned
 dictionary's references in ``Py_DEBUG`` builds (which are refused here); in
 release builds it leaves the dictionary alone, and ``Py_SET_REFCNT`` is a no-op
-on an immortal object anyway. Checked by running both versions to a normal exit
-after interning, in the child, strings made immortal in the parent (see
-``tests/test_immortal.py``). Finalization of a worker still writes to many
-inherited objects (module dicts are cleared one by one); the ``fast_exit``
-option (:mod:`gcfork.fastexit`) skips it.
+on an immortal object anyway. Checked on every supported version by running a
+child to a normal exit, and to ``os._exit``, after it interned again strings
+made immortal in the parent (``tests/test_immortal.py``). Finalization of a
+worker still writes to many inherited objects (module dicts are cleared one by
+one); the ``fast_exit`` option (:mod:`gcfork.fastexit`) skips it.
 
-Supported: 64-bit little-endian CPython 3.12 and 3.13, release builds with the
+How each version is written (:data:`_LAYOUTS`): on 3.12 and 3.13 the 64-bit
+``ob_refcnt`` gets ``_Py_IMMORTAL_REFCNT``; on 3.14 and 3.15 the field is a
+32-bit count beside ``ob_flags``, and gcfork calls the interpreter's own
+``_Py_SetImmortalUntracked``. Either way a probe object is checked first: its
+header must read what that version's headers say, and its reference count must
+not move.
+
+Supported: 64-bit little-endian CPython 3.12 to 3.15, release builds with the
 GIL. Everything else is refused with :class:`ImmortalizeUnsupported`, before
 anything is written: older versions have no immortal objects, free-threaded
-builds keep two reference counts per object, ``Py_REF_DEBUG`` builds keep a
-total that immortal objects would unbalance, and 3.14 splits the field into a
-32-bit count and flags; its entry in :data:`_LAYOUTS` is written but not
-verified, so it is refused until it is.
+builds keep two reference counts per object (and a thread id) and mark
+immortal objects differently, ``Py_REF_DEBUG`` builds keep a total that
+immortal objects would unbalance, and a version whose layout gcfork has not
+checked is refused until it is.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ from typing import Any, Callable, NamedTuple
 
 from gcfork import actions, procfs
 from gcfork.exceptions import ImmortalizeUnsupported
+from gcfork.referents import referents
 
 __all__ = [
     "ImmortalizeResult",
@@ -100,36 +108,56 @@ class ImmortalizeResult(NamedTuple):
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where a version keeps the reference count, and the immortal value.
+    """How one version makes an object immortal (64-bit little-endian builds).
 
     Args:
-        width: bytes written at the object's address (8: the whole
-            ``ob_refcnt``; 4: only its low, 32-bit half).
-        value: the value written, as ``_Py_SetImmortal`` would.
-        verified: checked against this version's ``Include/object.h`` and by
-            the tests; unverified layouts are refused.
+        split: False: the value is written over the whole 64-bit
+            ``ob_refcnt``. True (3.14+): the value goes into the 32-bit
+            ``ob_refcnt`` and ``_Py_IMMORTAL_FLAGS`` into the 16-bit
+            ``ob_flags`` that follows ``ob_overflow``.
+        value: the reference count written.
         source: where the numbers come from.
     """
 
-    width: int
+    split: bool
     value: int
-    verified: bool
     source: str
 
 
-# 64-bit little-endian builds only (checked separately).
+# 3.14+: _Py_IMMORTAL_INITIAL_REFCNT and _Py_IMMORTAL_FLAGS (refcount.h).
+_INITIAL_REFCNT = 3 << 30
+_IMMORTAL_FLAGS = 1
+# Above the initial count on purpose. A reference the interpreter took while
+# an object was still mortal (the walk's own loop variable, a frame of the
+# caller) is dropped later without the immortality check (3.15's
+# Py_DECREF_MORTAL), one below the initial count; from there every checked
+# Py_INCREF writes the count again, one step at a time, until it is back at
+# the initial count: each worker's first reference would copy the page. The
+# margin keeps the count at or above the initial count through a million
+# such drops, and is a quarter of the range away from the 2**31 boundary
+# below which an object stops being immortal.
+_SPLIT_MARGIN = 1 << 20
+
 _LAYOUTS: dict[tuple[int, int], _Layout] = {
     # object.h: union { Py_ssize_t ob_refcnt; uint32_t ob_refcnt_split[2]; };
     # _Py_IMMORTAL_REFCNT = UINT_MAX; Py_INCREF adds 1 to the low half and
     # skips the store when it wraps to 0; _Py_IsImmortal is (int32)refcnt < 0.
     # Writing the whole word reproduces _Py_SetImmortal exactly (high half 0).
-    (3, 12): _Layout(8, 0xFFFFFFFF, True, "Include/object.h of 3.12.1"),
-    (3, 13): _Layout(8, 0xFFFFFFFF, True, "Include/object.h of 3.13.0"),
-    # 3.14: ob_refcnt is a uint32_t next to ob_flags (and ob_overflow) in the
-    # same 8 bytes; _Py_IMMORTAL_INITIAL_REFCNT = 3 << 30 and the flags half
-    # (e.g. _Py_STATICALLY_ALLOCATED_FLAG) must not be clobbered, so only the
-    # low 32 bits are written. Not checked against a 3.14 build: refused.
-    (3, 14): _Layout(4, 3 << 30, False, "CPython 3.14 object.h, from its description"),
+    (3, 12): _Layout(False, 0xFFFFFFFF, "Include/object.h of 3.12.1"),
+    (3, 13): _Layout(False, 0xFFFFFFFF, "Include/object.h of 3.13.0"),
+    # 3.14 and 3.15 (object.h, refcount.h): the word is uint32 ob_refcnt,
+    # uint16 ob_overflow, uint16 ob_flags. Py_INCREF skips counts >=
+    # _Py_IMMORTAL_INITIAL_REFCNT, _Py_IsImmortal is (int32)ob_refcnt < 0, and
+    # the interpreter tags a stack reference as not owning a count when
+    # ob_flags & _Py_IMMORTAL_FLAGS (PyStackRef_FromPyObjectSteal), so both
+    # are written, as _Py_SetImmortalUntracked does; the self-check compares
+    # the result with that function's on a probe. GIL builds defer no
+    # reference counts (PyUnstable_Object_EnableDeferredRefcount is a no-op
+    # there); free-threaded builds are refused above.
+    (3, 14): _Layout(True, _INITIAL_REFCNT + _SPLIT_MARGIN,
+                     "Include/refcount.h and object.h of 3.14.10"),
+    (3, 15): _Layout(True, _INITIAL_REFCNT + _SPLIT_MARGIN,
+                     "Include/refcount.h and object.h of 3.15.2"),
 }
 
 # _Py_IsImmortal on 64-bit: (int32_t)ob_refcnt < 0, i.e. bit 31 of the low half.
@@ -148,9 +176,9 @@ def unsupported_reason() -> str | None:
     if version < (3, 12):
         return (
             f"Python {version[0]}.{version[1]} has no immortal objects (PEP 683 came in 3.12); "
-            "run the server on 3.12 or 3.13, or leave immortalize off"
+            "run the server on 3.12 or later, or leave immortalize off"
         )
-    if _free_threaded():
+    if actions.free_threaded():
         return "free-threaded (no-GIL) builds keep two reference counts per object"
     if hasattr(sys, "gettotalrefcount"):
         return "this is a debug (Py_REF_DEBUG) build, whose reference total it would unbalance"
@@ -160,31 +188,20 @@ def unsupported_reason() -> str | None:
         return "big-endian builds are not handled"
     layout = _LAYOUTS.get(version)
     if layout is None:
-        return f"Python {version[0]}.{version[1]}'s object layout is not known to gcfork"
-    if not layout.verified:
         return (
-            f"Python {version[0]}.{version[1]}'s object layout ({layout.source}) has not been "
-            "verified by gcfork yet"
+            f"Python {version[0]}.{version[1]}'s object layout has not been verified by gcfork "
+            f"(it knows {', '.join(f'{a}.{b}' for a, b in _LAYOUTS)})"
         )
     return None
-
-
-def _free_threaded() -> bool:
-    # sys._is_gil_enabled exists on every 3.13 build, so it cannot tell; the
-    # build flag can ('t' in abiflags, Py_GIL_DISABLED in the config vars).
-    if "t" in getattr(sys, "abiflags", ""):
-        return True
-    import sysconfig
-
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def is_immortal(obj: object) -> bool:
     """Whether CPython treats ``obj`` as immortal (3.12+, 64-bit; False before 3.12)."""
     if sys.version_info < (3, 12):
         return False
-    # sys.getrefcount reports the raw field on 3.12/3.13 (plus one for the
-    # argument), so bit 31 is the flag _Py_IsImmortal tests.
+    # sys.getrefcount reports the raw low half of the field on 3.12 to 3.15
+    # (plus one for the argument on 3.12/3.13), so bit 31 is the flag
+    # _Py_IsImmortal tests; the tests compare it with sys._is_immortal (3.14+).
     return bool(sys.getrefcount(obj) & _IMMORTAL_BIT)
 
 
@@ -225,7 +242,7 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
     started = time.perf_counter()
     rss_before = _rss()
     write = _writer(layout)
-    _self_check(write)
+    _self_check(write, layout)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -241,30 +258,60 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
 
 
 def _writer(layout: _Layout) -> Callable[[int], None]:
+    # ctypes is imported here only: in the master, when immortalize is on.
     import ctypes
 
-    field: Any = ctypes.c_uint64 if layout.width == 8 else ctypes.c_uint32
     value = layout.value
+    if layout.split:
+        count_at = ctypes.c_uint32.from_address
+        flags_at = ctypes.c_uint16.from_address
 
-    def write(address: int) -> None:
-        field.from_address(address).value = value
+        def write_split(address: int) -> None:
+            count_at(address).value = value
+            flags_at(address + 6).value = _IMMORTAL_FLAGS
 
-    return write
+        return write_split
+    word_at = ctypes.c_uint64.from_address
+
+    def write_word(address: int) -> None:
+        word_at(address).value = value
+
+    return write_word
 
 
-def _self_check(write: Callable[[int], None]) -> None:
-    """Immortalize one fresh object and check the interpreter agrees, before
-    touching anything that matters."""
+def _self_check(write: Callable[[int], None], layout: _Layout) -> None:
+    """Immortalize one fresh object and check that the interpreter agrees,
+    before touching anything that matters: its reference count must not move,
+    and on 3.14+ its header must match what the interpreter's own
+    ``_Py_SetImmortalUntracked`` makes of another probe, but for the count."""
+    import ctypes
+
     probe = object()
     write(id(probe))
+    header = ctypes.c_uint64.from_address(id(probe)).value
     before = sys.getrefcount(probe)
     refs = [probe] * 8
     after = sys.getrefcount(probe)
     del refs
+    problem = None
     if not is_immortal(probe) or before != after:
+        problem = f"its reference count moved from {before} to {after}"
+    elif layout.split:
+        own = getattr(ctypes.pythonapi, "_Py_SetImmortalUntracked", None)
+        if own is None:
+            problem = "the interpreter does not export _Py_SetImmortalUntracked to compare with"
+        else:
+            own.argtypes, own.restype = [ctypes.c_void_p], None
+            reference = object()
+            own(id(reference))
+            expected = ctypes.c_uint64.from_address(id(reference)).value
+            if (expected & 0xFFFFFFFF != _INITIAL_REFCNT
+                    or header & ~0xFFFFFFFF != expected & ~0xFFFFFFFF):
+                problem = f"the interpreter's own function writes {expected:#x}"
+    if problem is not None:
         raise ImmortalizeUnsupported(
-            f"a probe object's reference count moved from {before} to {after} after it was "
-            "made immortal: this build does not use the layout gcfork expects"
+            f"a probe object made immortal reads {header:#x} and {problem}: this build "
+            f"does not use the layout of {layout.source}"
         )
 
 
@@ -280,10 +327,8 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
         if frozen:
             gc.freeze()
 
-    get_referents = gc.get_referents
     is_tracked = gc.is_tracked
     getrefcount = sys.getrefcount
-    code_type = types.CodeType
     mortal_type: dict[type, bool] = {}
     made = 0
     skipped = 0
@@ -313,24 +358,7 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
         stack.append(obj)
         while stack:
             parent: Any = stack.pop()
-            if type(parent) is code_type:
-                # Code objects are not GC objects: get_referents sees nothing.
-                # These are plain members (no object is created to read them).
-                code: Any = parent  # typed Any: mypy checks against 3.10's CodeType
-                children: Any = (
-                    code.co_consts, code.co_names, code.co_filename, code.co_name,
-                    code.co_qualname, code.co_linetable, code.co_exceptiontable,
-                )
-            elif issubclass(type(parent), dict):
-                # dict_traverse skips the keys of str-keyed dicts (strings
-                # cannot form cycles); dict.keys reads the table itself, even
-                # for a subclass that overrides __iter__. type(), not
-                # isinstance: a proxy (Django's SimpleLazyObject) claims its
-                # target's __class__, and dict.keys refuses it.
-                children = get_referents(parent)
-                children.extend(dict.keys(parent))
-            else:
-                children = get_referents(parent)
+            children = referents(parent)
             for child in children:
                 # Immortal: done already (or born so). Tracked: the outer loop
                 # does it, once.

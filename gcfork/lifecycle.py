@@ -99,10 +99,9 @@ class ForkLifecycle:
         self._frozen_once = True
         try:
             actions.disable_in_master()
-            # The first freeze is left alone unless asked: a collection of the
-            # freshly imported app would leave holes that workers copy.
-            actions.freeze(collect_first=first and self.policy.collect_before_freeze,
-                           collect_young=not first)
+            plan = actions.freeze_plan(first, self.policy.collect_before_freeze)
+            if plan.freeze:
+                actions.freeze(collect_first=plan.collect_all, collect_young=plan.collect_young)
             if first and self.on_first_freeze is not None:
                 self.on_first_freeze()
         except Exception as exc:  # inside os.fork(): never raise there

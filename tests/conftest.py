@@ -155,23 +155,59 @@ def venv_with(python: str, name: str, *requirements: str) -> str:
     target = VENVS / name
     bin_python = target / "bin" / "python"
     marker = target / ".complete"
-    if not marker.exists():
+    wanted = " ".join([python, *requirements])
+    if not marker.exists() or marker.read_text() != wanted:
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run([python, "-m", "venv", str(target)], check=True)
         subprocess.run([str(bin_python), "-m", "pip", "install", "-q",
                         "--disable-pip-version-check",
                         *requirements], check=True)
-        marker.write_text(" ".join(requirements))
+        marker.write_text(wanted)
     return str(bin_python)
 
 
-def gunicorn_interpreter(minor: str, gunicorn: str = "gunicorn") -> str:
-    """CPython ``3.<minor>`` from pyenv in a cached venv with ``gunicorn`` (a
-    requirement, e.g. ``gunicorn==23.0.0``) and psutil (gcfork's tools); the
-    test is skipped where that CPython is not installed."""
+def find_python(minor: str) -> str | None:
+    """CPython ``3.<minor>`` on this machine, or None.
+
+    Looked for, in order: ``TEST_PYTHONS`` (``3.14=/path/python3.14``
+    pairs separated by spaces or commas, for interpreters installed anywhere),
+    pyenv, then the interpreter installer that ``make test`` runs
+    (``TEST_PYTHONS_INSTALLER``, asked with ``--print-path``).
+    """
+    for pair in os.environ.get("TEST_PYTHONS", "").replace(",", " ").split():
+        version, _, path = pair.partition("=")
+        if version == minor and Path(path).exists():
+            return path
     python = pyenv_python(minor)
-    if python is None:
-        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
+    installer = os.environ.get("TEST_PYTHONS_INSTALLER")
+    if python is None and installer:
+        found = subprocess.run(["bash", installer, "--print-path", minor],
+                               capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            python = found.stdout.strip()
+    return python
+
+
+def require_python(minor: str) -> str:
+    """:func:`find_python` or skip, naming what is missing; under ``CI`` an
+    interpreter the machine should have (``TEST_PYTHONS_EXPECTED``, set by the
+    Makefile) fails the test instead of skipping it."""
+    python = find_python(minor)
+    if python is not None:
+        return python
+    expected = os.environ.get("TEST_PYTHONS_EXPECTED", "").split()
+    message = (f"CPython {minor} is not on this machine (pyenv versions --bare, "
+               "TEST_PYTHONS, TEST_PYTHONS_INSTALLER)")
+    if os.environ.get("CI") and minor in expected:
+        pytest.fail(message + "; CI expects it here")
+    pytest.skip(message)
+
+
+def gunicorn_interpreter(minor: str, gunicorn: str = "gunicorn") -> str:
+    """CPython ``3.<minor>`` in a cached venv with ``gunicorn`` (a requirement,
+    e.g. ``gunicorn==23.0.0``) and psutil (gcfork's tools); see
+    :func:`require_python` for where it comes from."""
+    python = require_python(minor)
     return venv_with(python, f"py{minor}-{gunicorn.replace('==', '-')}", gunicorn, "psutil")
 
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from benchmarks import holes
-from tests.conftest import REPO, pyenv_python
+from tests.conftest import REPO, require_python
 
 # Captured from CPython 3.9.18 (4 KiB pools, 256 KiB arenas, no arena map),
 # trimmed to a few rows; the class rows add up to the available bytes.
@@ -143,14 +143,11 @@ def test_fill_uses_up_the_free_blocks() -> None:
 
 
 def _interpreter(minor: str) -> str:
-    python = pyenv_python(minor)
-    if python is None:
-        pytest.skip(f"CPython {minor} is not installed (pyenv versions --bare)")
     # No venv: benchmarks.holes needs only the standard library.
-    return python
+    return require_python(minor)
 
 
-@pytest.mark.parametrize("minor", ["3.9", "3.10", "3.12", "3.13"])
+@pytest.mark.parametrize("minor", ["3.10", "3.12", "3.13"])
 def test_reads_and_fills_in_other_versions(minor: str) -> None:
     figures = _run(_interpreter(minor), CHILD)
     assert str(figures["python"]).startswith(minor + ".")

@@ -83,7 +83,7 @@ def reader_uss_growth(start_server: StartServer, python: str, settings: str) -> 
     return growth
 
 
-@pytest.mark.parametrize("minor", ["3.12", "3.13"])
+@pytest.mark.parametrize("minor", ["3.12", "3.13", "3.14", "3.15"])
 def test_immortal_heap_keeps_a_reading_worker_shared(
     start_server: StartServer, minor: str
 ) -> None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 import gc
 import sys
 import types
-from collections.abc import Iterable
 from typing import Any
 
 from gcfork.explain.model import ObjectRow
 from gcfork.explain.pages import PAGE_SHIFT
+from gcfork.referents import referents
 
 __all__ = ["ObjectWalk"]
 
@@ -92,7 +92,7 @@ class ObjectWalk:  # pragma: no cover - runs in the throw-away child
             page = address >> PAGE_SHIFT
             if page in self.exclusive:
                 self._count(obj, label, parent_origin, page)
-            for child in _children(obj):
+            for child in referents(obj):
                 if id(child) not in seen:
                     seen.add(id(child))
                     stack.append((child, label, parent_origin))
@@ -147,16 +147,3 @@ class ObjectWalk:  # pragma: no cover - runs in the throw-away child
         for origin in ("inherited", "worker"):
             kept.extend([r for r in rows if r.origin == origin][:top])
         return kept
-
-
-def _children(obj: Any) -> Iterable[object]:  # pragma: no cover - throw-away child
-    if type(obj) is types.CodeType:
-        # Not a GC object: get_referents sees nothing in it.
-        return (obj.co_consts, obj.co_names, obj.co_filename, obj.co_name)
-    children = gc.get_referents(obj)
-    if issubclass(type(obj), dict):
-        # dict_traverse skips the keys of str-keyed dicts. type(), not
-        # isinstance: a proxy (Django's SimpleLazyObject) claims its target's
-        # __class__, and dict.keys refuses it.
-        children.extend(dict.keys(obj))
-    return children
