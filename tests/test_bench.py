@@ -154,3 +154,13 @@ def test_interrupted_or_killed_bench_leaves_no_server(tmp_path: Path, signum: in
         assert proc.returncode == 130, err
         assert "interrupted; every server it started is stopped" in err
         assert not servers_of(tmp_path)
+
+
+def test_another_interpreter_imports_this_checkout() -> None:
+    # --python runs gunicorn with an interpreter that has no gcfork installed:
+    # the checkout's root (where pyproject.toml is) goes on its PYTHONPATH.
+    from gcfork.tools.bench.workload import checkout_pythonpath, examples_dir
+
+    root = checkout_pythonpath()["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(root, "pyproject.toml").is_file() and Path(root, "gcfork").is_dir()
+    assert examples_dir() == Path(root, "examples")

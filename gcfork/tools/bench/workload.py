@@ -33,7 +33,7 @@ __all__ = [
 EXAMPLES = ("django", "flask")
 
 # Where a source checkout has its pyproject.toml and examples/: above gcfork/.
-_CHECKOUT = Path(__file__).resolve().parents[2]
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 # The last checkpoint is the total number of requests: one declaration for both.
 _CHECKPOINTS = (100, 1_000, 5_000, 20_000)
