@@ -141,13 +141,17 @@ THRESHOLDS: Setting[ThresholdsSetting] = Setting(
     validator=validate.thresholds,
     from_env=validate.env_thresholds,
     allowed=(
-        "None (the interpreter's default), a tuple of 1 to 3 ints >= 0, or a callable "
+        "None (gcfork's worker default), a tuple of 1 to 3 ints >= 0, or a callable "
         "taking a gcfork.WorkerInfo and returning such a tuple"
     ),
     env_syntax="'default' or 1 to 3 comma-separated ints >= 0, e.g. 50000,20,20",
     doc="""\
 The collector thresholds each worker sets right after it is forked, as
-``gc.set_threshold`` takes them. ``None`` keeps the interpreter's default.
+``gc.set_threshold`` takes them. ``None`` is gcfork's worker default: a first
+threshold of 700 (CPython's own up to 3.12; 3.13 raised it to 2,000, which
+lets a worker's pages hold about three times as much cyclic garbage between
+young collections) and the interpreter's values for the other two. Give
+``(2000, 10, 10)`` to keep 3.13's.
 A callable receives a :class:`gcfork.WorkerInfo` (``index``: the worker's slot,
 0 to workers - 1; ``age``: gunicorn's spawn counter) and returns the tuple, so
 workers can run different thresholds. The callable runs in the master right

@@ -88,13 +88,15 @@ class Policy:
         return [name for name, on in wanted.items() if on]
 
     def thresholds_for(self, worker: WorkerInfo) -> Thresholds | None:
-        """The thresholds a worker must set, or None to keep the interpreter's.
+        """The thresholds a worker must set, or None to leave the GC alone there.
 
         Raises:
             ConfigError: the thresholds callable failed or returned a bad value.
         """
-        if not self.workers_collect or self.thresholds is None:
+        if not self.workers_collect:
             return None
+        if self.thresholds is None:
+            return actions.worker_default_thresholds()
         if callable(self.thresholds):
             return worker_thresholds(self.thresholds, worker)
         thresholds: Thresholds = self.thresholds
@@ -116,7 +118,7 @@ class Policy:
             name = getattr(self.thresholds, "__qualname__", repr(self.thresholds))
             workers = f"worker thresholds=per worker from {name}() [{source('thresholds')}]"
         elif self.thresholds is None:
-            workers = f"worker thresholds={default} [interpreter default]"
+            workers = f"worker thresholds={actions.worker_default_thresholds()} [gcfork default]"
         else:
             workers = f"worker thresholds={self.thresholds} [{source('thresholds')}]"
         parts = [f"mode={self.mode} ({_MODE_MEANING[self.mode]}) [{source('mode')}]", workers]

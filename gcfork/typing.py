@@ -42,7 +42,7 @@ ThresholdsFn = Callable[[WorkerInfo], Thresholds]
 """A callable that chooses a worker's thresholds from its :class:`WorkerInfo`."""
 
 ThresholdsSetting = Union[None, Thresholds, ThresholdsFn]
-"""What the ``thresholds`` setting holds: None keeps the interpreter's default."""
+"""What the ``thresholds`` setting holds: None is gcfork's worker default."""
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 """A WSGI application callable."""
