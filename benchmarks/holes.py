@@ -60,6 +60,7 @@ __all__ = [
     "SizeClass",
     "fill_holes",
     "filled_objects",
+    "own_rss",
     "parse_debugmallocstats",
     "pool_stats",
     "read_pool_stats",
@@ -395,7 +396,7 @@ def fill_holes(
     .. versionadded:: 0.3
     """
     started = time.perf_counter()
-    rss_before = _rss()
+    rss_before = own_rss()
     before = stats if stats is not None else read_pool_stats()
     step = min((c.size for c in before.classes), default=16)
     makers: dict[int, Callable[[], object]] = {}
@@ -455,7 +456,7 @@ def fill_holes(
         after=after,
         seconds=time.perf_counter() - started,
         rss_before=rss_before,
-        rss_after=_rss(),
+        rss_after=own_rss(),
     )
 
 
@@ -470,7 +471,8 @@ def release_fill() -> None:
     _FILLED.clear()
 
 
-def _rss() -> int:
+def own_rss() -> int:
+    """This process's resident set in bytes, 0 where /proc cannot tell."""
     try:
         with open("/proc/self/statm", "rb") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -53,11 +53,6 @@ def _private(pid: int | str = "self") -> int:
         return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Private_"))
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _environ(path: str) -> dict[str, Any]:
     route, _, query = path.partition("?")
     return {
@@ -128,7 +123,7 @@ def one_run(variant: str, children: int, requests: int) -> dict[str, Any]:
         immortalize_heap()
         result["variant"] = variant + "+imm"
     result["master_uss"] = _private()
-    result["master_rss"] = _rss()
+    result["master_rss"] = holes.own_rss()
     workers = []
     for _ in range(children):
         read_end, write_end = os.pipe()
