@@ -174,3 +174,14 @@ def test_a_process_that_only_imports_the_app_keeps_its_gc(redis_url: str) -> Non
         env={**os.environ, "PYTHONPATH": str(REPO), "TEST_CELERY_BROKER": redis_url})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"], done.stdout
+
+
+def test_the_example_runs_under_load_and_reports(redis_url: str) -> None:
+    pytest.importorskip("redis", reason="the example's broker client (extra 'celery')")
+    done = subprocess.run(
+        [sys.executable, "examples/celery_app/run.py", "--tasks", "200", "--concurrency", "2"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "SHOP_BROKER": redis_url})
+    assert done.returncode == 0, done.stderr
+    assert "cluster of celery-parent" in done.stdout, done.stdout
+    assert "2 workers" in done.stdout and "200 tasks in" in done.stdout, done.stdout

@@ -104,3 +104,17 @@ def test_a_bad_setting_is_refused_in_one_line(settings: str, named: str) -> None
     assert len(lines) == 1 and lines[0].startswith("gcfork: error: ") and named in lines[0], (
         done.stderr)
     assert "allowed:" in lines[0]
+
+
+def test_a_template_loads_no_tool_and_no_other_adapter() -> None:
+    # Code that runs in a server is paid for by every process of it.
+    code = ("import sys, gcfork.fork; gcfork.fork.install(); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('gcfork', 'psutil', "
+            "'gunicorn', 'celery')))), flush=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.split()
+    assert "gcfork.pool" in loaded, loaded
+    assert not [m for m in loaded if m.startswith(("gcfork.tools", "gcfork.gunicorn", "psutil",
+                                                   "gunicorn", "celery", "gcfork.warmup"))], loaded
