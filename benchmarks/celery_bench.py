@@ -83,6 +83,8 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    # The worker runs from the example's directory: a relative path would not resolve.
+    python = str(Path(args.python).absolute()) if os.sep in args.python else args.python
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with shop.broker() as url:
         for i in range(args.repeat):
@@ -90,7 +92,7 @@ def main() -> None:
                 mode, extra = VARIANTS[name]
                 os.environ.update(extra)  # read by the worker run() starts
                 try:
-                    result = shop.run(url, mode, args.tasks, args.concurrency, args.python)
+                    result = shop.run(url, mode, args.tasks, args.concurrency, python)
                 finally:
                     for key in extra:
                         os.environ.pop(key, None)
