@@ -107,7 +107,8 @@ def _run_tasks(broker: str, count: int, delay: float) -> list[dict[str, Any]]:
 
 
 def test_every_prefork_child_gets_the_policy(redis_url: str, tmp_path: Path) -> None:
-    worker = Worker(redis_url, tmp_path / "worker.log", {"GCFORK_THRESHOLDS": "777,7,7"},
+    worker = Worker(redis_url, tmp_path / "worker.log",
+                    {"GCFORK_THRESHOLDS": "777,7,7", "GCFORK_REPORT_INTERVAL": "1"},
                     "-c", "2", "--max-tasks-per-child", "2")
     try:
         states = _run_tasks(redis_url, 10, 0.1)
@@ -133,6 +134,9 @@ def test_every_prefork_child_gets_the_policy(redis_url: str, tmp_path: Path) -> 
             return report if len(workers) == 2 and all(p["gc"] for p in workers) else None
 
         report = wait_for(full_report, what="both pool children's records")
+        # The periodic line, through Celery's logger in the parent.
+        wait_for(lambda: "INFO/MainProcess] gcfork: memory: 2 workers" in worker.log(),
+                 what="the periodic memory line")
         first = report["processes"][0]
         assert first["role"] == "celery-parent" and first["pid"] == parent, report
         assert report["master"]["gc_enabled"] is False, report
