@@ -17,7 +17,7 @@ TEST_PYTHONS_INSTALLER ?= $(firstword $(wildcard $(abspath ../shared/pythons/ins
 export TEST_PYTHONS_INSTALLER
 export TEST_PYTHONS_EXPECTED := $(PYENV_PYTHONS) $(if $(TEST_PYTHONS_INSTALLER),$(INSTALLED_PYTHONS))
 
-.PHONY: demo test lint clean torture pythons
+.PHONY: demo test lint clean torture pythons redis
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy gcfork
 	$(BIN)/python -m gcfork settings --check docs/configuration.md
 
-test: lint pythons
+test: lint pythons redis
 	$(BIN)/pytest
 
 pythons:
@@ -39,6 +39,18 @@ pythons:
 		bash $(TEST_PYTHONS_INSTALLER) $(INSTALLED_PYTHONS) || [ -z "$$CI" ]; \
 	else \
 		echo "make pythons: not root, not installing $(INSTALLED_PYTHONS); the tests use what is installed"; \
+	fi
+
+# The broker of the Celery tests (tests/test_celery.py), from Debian's packages;
+# the tests start their own redis-server on a free loopback port. Installed when
+# missing and run as root; otherwise the tests skip (under CI as root, they fail).
+redis:
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q redis-server >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; } || [ -z "$$CI" ]; \
+	else \
+		echo "make redis: not root, not installing redis-server; the Celery tests skip"; \
 	fi
 
 TORTURE_OUT ?= torture.json

@@ -7,13 +7,23 @@ One line in ``gunicorn.conf.py``::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from gcfork.exceptions import ConfigError, GcforkError
-from gcfork.gunicorn import install
 from gcfork.policy import Policy
 from gcfork.typing import WorkerInfo
 
+if TYPE_CHECKING:
+    from gcfork.gunicorn import install
 
-def __getattr__(name: str) -> str:
+
+def __getattr__(name: str) -> Any:
+    # The gunicorn adapter is loaded by the gunicorn line only: a Celery or
+    # multiprocessing template (gcfork.celery, gcfork.fork) does not pay for it.
+    if name == "install":
+        from gcfork.gunicorn import install
+
+        return install
     # importlib.metadata costs the gunicorn master ~40 ms and the email
     # package at import; only someone asking for the version pays for it.
     if name != "__version__":

@@ -13,8 +13,10 @@ the server announces the fork through a hook of its own:
   (:meth:`ForkLifecycle.announce`: its own hook, e.g. gunicorn's ``post_fork``,
   enables the GC with the worker's slot and logs it); otherwise the GC goes on
   with the policy's thresholds (the interpreter's when they depend on a slot,
-  which only an announced fork has). A fork that makes another template (a
-  dirty arbiter) is re-armed there by its adapter.
+  which only an announced fork has, unless the adapter gives
+  :attr:`ForkLifecycle.child_info`, as pool adapters do); then the adapter's
+  :attr:`ForkLifecycle.on_child`, if any. A fork that makes another template
+  (a dirty arbiter) is re-armed there by its adapter.
 
 Not every fork makes a worker, and the lifecycle tells these apart by where
 and when they happen: forks made before the adapter arms it (gunicorn's
@@ -60,6 +62,17 @@ class ForkLifecycle:
         self.failure: str | None = None
         # In a child: whether it was forked by an armed template.
         self.forked_from_template = False
+        # Forks of the armed template so far; a child reads its own number
+        # here (1 for the first fork after arm()), as a pool's "age".
+        self.forks = 0
+        # A pool adapter's WorkerInfo for fork number N, for a thresholds
+        # callable in a fork no hook announced (None: the interpreter's).
+        self.child_info: Callable[[int], WorkerInfo] | None = None
+        # A pool adapter's step in every child of the template, right after the
+        # GC steps, inside os.fork(): it must be quick and must not raise.
+        self.on_child: Callable[[], object] | None = None
+        # In a child of a fork no hook announced: the thresholds set in it.
+        self.child_thresholds: Thresholds | None = None
 
     @property
     def armed(self) -> bool:
@@ -93,6 +106,7 @@ class ForkLifecycle:
         if not self.armed:
             return
         self.failure = None  # each fork's child reports only its own
+        self.forks += 1
         if not self.policy.changes_gc:
             return
         first = not self._frozen_once
@@ -113,17 +127,29 @@ class ForkLifecycle:
             return
         self._template = 0
         self.forked_from_template = True
-        if announced or not self.policy.changes_gc:
-            return
-        try:
-            actions.enable_in_worker(self._unannounced_thresholds(),
-                                     enable=self.policy.workers_collect)
-        except GcforkError as exc:
-            self.failure = f"a fork without a worker slot: {exc}"
+        if not announced and self.policy.changes_gc:
+            try:
+                thresholds = self._unannounced_thresholds()
+            except ConfigError as exc:  # the user's callable: still turn the GC on
+                self.failure = f"{exc}; the interpreter's thresholds instead"
+                thresholds = None
+            self.child_thresholds = thresholds
+            try:
+                actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+            except GcforkError as exc:
+                self.failure = f"a fork without a worker slot: {exc}"
+        if self.on_child is not None:
+            try:
+                self.on_child()
+            except Exception as exc:  # inside os.fork(): never raise there
+                self.failure = f"gcfork's set-up of this child failed: {exc!r}"
 
     def _unannounced_thresholds(self) -> Thresholds | None:
+        """Raises ConfigError: the thresholds callable failed."""
         if callable(self.policy.thresholds):
-            return None  # a slot the callable could be asked about is unknown
+            if self.child_info is None:
+                return None  # a slot the callable could be asked about is unknown
+            return self.policy.thresholds_for(self.child_info(self.forks))
         try:
             return self.policy.thresholds_for(WorkerInfo(index=-1, age=0))
         except ConfigError:

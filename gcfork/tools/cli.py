@@ -36,11 +36,11 @@ from gcfork.gunicorn.discover import (
     master_from_pid,
     master_from_pidfile,
 )
-from gcfork.gunicorn.roles import members
 from gcfork.report import JSONRenderer, Report, TableRenderer, collect
 from gcfork.tools import bench, explain
 from gcfork.tools.bench.variants import VARIANTS
 from gcfork.tools.bench.workload import EXAMPLES, Settings
+from gcfork.tools.clusters import members
 
 __all__ = ["build_parser", "main"]
 
