@@ -155,3 +155,37 @@ def test_a_killed_worker_says_how_old_its_last_sample_is(start_server: StartServ
     _, when = exit_lines(server.log())[victim]
     assert re.fullmatch(r"measured \S+ before exit", when), server.log()[-2000:]
 
+
+@pytest.mark.parametrize("kind", ["asgi", "uvicorn"])
+def test_asgi_warm_up_runs_in_the_master_over_asgi_before_the_fork(
+    start_server: StartServer, kind: str
+) -> None:
+    text, app = kind_conf(kind, "warmup=['/gc', '/reference']")
+    server = start_server(text, workers=1, app=app)
+    assert "gcfork: warm-up in the master: 2 requests" in server.log()
+    status, body = server.get("/lifespan")
+    assert status == 200
+    # The worker inherited the master's list: its startup and shutdown, run
+    # by the warm-up before the fork; then the worker's own startup.
+    assert json.loads(body)["lifespan"] == ["lifespan.startup", "lifespan.shutdown",
+                                            "lifespan.startup"]
+
+
+@pytest.mark.parametrize(("kind", "app", "says"), [
+    ("sync", ASGI_APP, "is an ASGI app"),
+    ("uvicorn", WSGI_APP, "is not an ASGI 3 app"),
+])
+def test_an_app_the_kind_cannot_warm_up_stops_the_server_with_one_line(
+    start_server: StartServer, kind: str, app: str, says: str
+) -> None:
+    # It used to stop the server with FastAPI's own TypeError ("missing 1
+    # required positional argument: 'send'"), which said nothing of why.
+    text, _ = kind_conf(kind, "warmup=['/gc']")
+    server = start_server(text, app=app, ready=False, expect_errors=True)
+    assert server.proc is not None
+    assert server.proc.wait(timeout=60) != 0
+    log = server.log()
+    errors = [line for line in log.splitlines() if "gcfork: warm-up impossible" in line]
+    assert len(errors) == 1 and says in errors[0], log
+    assert f"(worker_class {KINDS[kind][0]})" in errors[0]
+    assert "Booting worker" not in log and "Traceback" not in log

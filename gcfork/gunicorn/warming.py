@@ -3,7 +3,9 @@
 Runs in the master, in ``on_starting``, with ``preload_app``: the app is
 loaded and no worker is forked yet. The requests themselves are the engine's
 (:mod:`gcfork.warmup`); what the adapter adds is which protocol the app
-speaks, from the worker kind (:mod:`gcfork.gunicorn.kinds`).
+speaks, from the worker kind (:mod:`gcfork.gunicorn.kinds`): WSGI for
+gunicorn's sync, gthread and gevent kinds, ASGI for its ``asgi`` kind and
+uvicorn's worker, the app's own shape for a kind gcfork does not know.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ def warm_up_master(server: Any, policy: Policy, kind: WorkerKind | None) -> None
     host = policy.warmup_host
     paths_or_fn = policy.warmup
     assert paths_or_fn is not None  # policy.warms_up
+    interface = "auto" if kind is None or not kind.known else "asgi" if kind.asgi else "wsgi"
     started = time.perf_counter()
+    before = warmup.running_threads()
     try:
-        results = warmup.warm_up(server.app.wsgi(), paths_or_fn, host=host)
+        results = warmup.warm_up(server.app.wsgi(), paths_or_fn, host=host,
+                                 interface=interface)
     except WarmupError as exc:
         # The traceback of an app that raised is for debugging, not for
         # the one line gunicorn prints.
@@ -40,6 +45,8 @@ def warm_up_master(server: Any, policy: Policy, kind: WorkerKind | None) -> None
         if exc.status == 400:
             hint = (f"; if the app checks the Host header (Django's ALLOWED_HOSTS), set "
                     f"gcfork's warmup_host (now {host!r})")
+        if kind is not None and exc.path == warmup.APP:
+            hint = f" (worker_class {kind.name})"
         raise StartupError(f"gcfork: {exc}{hint}") from None
     seconds = time.perf_counter() - started
     closed = warmup.close_connections()
@@ -52,3 +59,8 @@ def warm_up_master(server: Any, policy: Policy, kind: WorkerKind | None) -> None
         done = f"{name}(app) ran in {seconds:.3f}s"
     server.log.info("gcfork: warm-up in the master: %s; closed: %s", done,
                     ", ".join(closed) or "nothing")
+    left = warmup.threads_started_since(before)
+    if left:
+        # A thread does not cross a fork: a worker would hold its locks, not it.
+        server.log.warning("gcfork: the warm-up left threads running in the master, which "
+                           "the workers will not have: %s", ", ".join(left))
