@@ -190,3 +190,13 @@ def test_interrupted_or_killed_bench_leaves_no_server(tmp_path: Path, signum: in
         assert proc.returncode == 130, err
         assert "interrupted; every server it started is stopped" in err
         assert not servers_of(tmp_path)
+
+
+def test_another_interpreter_imports_this_checkouts_gcfork() -> None:
+    # It pointed at gcfork/ itself since the tools moved under gcfork/tools/,
+    # so --python from a checkout failed with "No module named 'gcfork'".
+    from gcfork.tools.bench.workload import checkout_pythonpath, examples_dir
+
+    root = checkout_pythonpath()["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(root) == REPO
+    assert examples_dir() == REPO / "examples"

@@ -32,8 +32,9 @@ __all__ = [
 
 EXAMPLES = ("django", "flask", "fastapi")
 
-# Where a source checkout has its pyproject.toml and examples/: above gcfork/.
-_CHECKOUT = Path(__file__).resolve().parents[2]
+# Where a source checkout has its pyproject.toml and examples/: above gcfork/
+# (this file is gcfork/tools/bench/workload.py).
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 # The last checkpoint is the total number of requests: one declaration for both.
 _CHECKPOINTS = (100, 1_000, 5_000, 20_000)
