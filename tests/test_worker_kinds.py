@@ -189,3 +189,22 @@ def test_an_app_the_kind_cannot_warm_up_stops_the_server_with_one_line(
     assert len(errors) == 1 and says in errors[0], log
     assert f"(worker_class {KINDS[kind][0]})" in errors[0]
     assert "Booting worker" not in log and "Traceback" not in log
+
+
+def test_quick_shutdown_of_uvicorns_workers_keeps_the_masters_sample(
+    start_server: StartServer,
+) -> None:
+    # SIGQUIT to the master: uvicorn-worker 0.4 does not end on the SIGQUIT
+    # the master sends on (with or without gcfork), so the master kills it
+    # after graceful_timeout. The shutdown sample was taken a second time
+    # then, of dead workers: the exit lines said "- private".
+    text, app = kind_conf("uvicorn", "", "graceful_timeout = 2\n")
+    server = start_server(text, workers=2, app=app, expect_errors=True)
+    workers = server.worker_pids()
+    server.signal(signal.SIGQUIT)
+    assert server.proc is not None
+    server.proc.wait(timeout=60)
+    lines = exit_lines(server.log())
+    assert set(lines) == set(workers), server.log()[-3000:]
+    for _, when in lines.values():
+        assert re.fullmatch(r"measured \S+ before exit", when), server.log()[-3000:]

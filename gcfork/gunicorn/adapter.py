@@ -70,9 +70,8 @@ class Adapter:
         # Worker: gunicorn's exit status, read before the user's worker_exit
         # hook runs (an exception it raises would hide it).
         self._exit_status: int | None = None
-        # The worker kind (gcfork.gunicorn.kinds), known in the master from
-        # on_starting and inherited; in a worker of a kind that keeps no
-        # request count, gcfork's own count (post_worker_init).
+        # The worker kind (kinds.py), set in on_starting and inherited; gcfork's
+        # request count in a worker of a kind that keeps none (post_worker_init).
         self.kind: WorkerKind | None = None
         self.counter: CountingASGI | None = None
         self._final_published = False
@@ -227,11 +226,15 @@ class Adapter:
         last report can be 30 s old. gunicorn has no hook for that moment, so
         this wraps the arbiter's ``stop`` (TERM, INT, QUIT), on this instance only."""
         stop = server.stop
+        measured: list[bool] = []
 
         def measure_then_stop(*args: Any, **kwargs: Any) -> Any:
+            # Once: after INT or QUIT, halt() calls stop again once the workers
+            # are gone; measuring then left the exit lines nothing to report.
             try:
-                sampler.stop()
-                sampler.sample_now()
+                if not measured:
+                    measured.append(sampler.stop())
+                    sampler.sample_now()
             except Exception as exc:  # the server must stop whatever happens here
                 server.log.warning("gcfork: cannot measure at shutdown: %r", exc)
             return stop(*args, **kwargs)
@@ -367,8 +370,7 @@ class Adapter:
         self._enable(worker, info, thresholds)
 
     def _account_for_kind(self, worker: Any) -> None:
-        """Worker, after its kind set its signal handlers and loaded the app,
-        before it serves: what its kind needs for the report to be right."""
+        """Worker, app loaded, about to serve: what its kind needs for the report."""
         self.counter = count_requests(worker)
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             # Nothing handles SIGTERM: the kind lets the signal end the process
@@ -386,8 +388,7 @@ class Adapter:
             signal.raise_signal(signum)
 
     def _requests(self, proc: Any, role: str) -> int | None:
-        """Requests the process served: gcfork's count, gunicorn's, or None
-        where neither is kept (a dirty process, a kind gcfork does not know)."""
+        """Requests served: gcfork's count, gunicorn's, or None (unknown)."""
         if self.counter is not None:
             return self.counter.count
         if role == WORKER and self.kind is not None and not self.kind.counts_requests:
