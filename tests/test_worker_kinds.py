@@ -8,6 +8,7 @@ measured as it exits), and a ``max_requests`` respawn with ``fast_exit``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -208,3 +209,23 @@ def test_quick_shutdown_of_uvicorns_workers_keeps_the_masters_sample(
     assert set(lines) == set(workers), server.log()[-3000:]
     for _, when in lines.values():
         assert re.fullmatch(r"measured \S+ before exit", when), server.log()[-3000:]
+
+
+def test_gevent_patched_in_the_config_leaves_the_masters_sampler_in_the_master(
+    start_server: StartServer,
+) -> None:
+    # With threading patched in the master, gcfork's sampler there is a
+    # greenlet, and a greenlet is forked with the process: every worker ran
+    # the master's sampler too, logging its lines and publishing the master's
+    # record under its own pid.
+    pytest.importorskip("gevent")
+    text = conf("report_interval=1", before="from gevent import monkey; monkey.patch_all()\n",
+                after="worker_class = 'gevent'\n")
+    server = start_server(text, workers=2)
+    assert_frozen_and_enabled(worker_states(server, 2), list(gc.get_threshold()))
+    wait_for(lambda: server.log().count("gcfork: memory: ") >= 3, timeout=30,
+             what="three periodic lines")
+    loggers = set(re.findall(r"\[(\d+)\] \[INFO\] gcfork: memory: ", server.log()))
+    assert loggers == {str(server.pid)}, server.log()[-3000:]
+    roles = sorted(r["role"] for r in report_json(server.pid)["processes"])  # type: ignore[union-attr,index]
+    assert roles == ["master", "worker", "worker"]
