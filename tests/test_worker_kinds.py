@@ -229,3 +229,21 @@ def test_gevent_patched_in_the_config_leaves_the_masters_sampler_in_the_master(
     assert loggers == {str(server.pid)}, server.log()[-3000:]
     roles = sorted(r["role"] for r in report_json(server.pid)["processes"])  # type: ignore[union-attr,index]
     assert roles == ["master", "worker", "worker"]
+
+
+def test_gevent_publishes_beside_the_apps_monkey_patched_threads(
+    start_server: StartServer,
+) -> None:
+    text, app = kind_conf("gevent", "")
+    server = start_server(text, workers=1, app=app)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: server.get("/thread"), range(40)))
+    assert all(status == 200 for status, _ in answers)
+    body = json.loads(answers[0][1])
+    assert body["ran"] == [1]
+    # The app's threads and sleeps are gevent's: it patched them in the worker.
+    assert "gevent" in body["thread_module"], body
+    # gcfork's own thread (not gevent's) went on publishing meanwhile.
+    wait_for(lambda: sum(r["requests"] or 0 for r in report_json(server.pid)["processes"]  # type: ignore[union-attr,index]
+                         if r["role"] == "worker") >= 40, timeout=30,
+             what="the report to count the 40 requests")
