@@ -242,7 +242,7 @@ WARMUP: Setting[WarmupSetting | None] = Setting(
     from_env=validate.env_paths,
     allowed=(
         "None, a list of request paths each starting with '/' (not a single string), "
-        "or a callable taking the WSGI app"
+        "or a callable taking the app (WSGI or ASGI)"
     ),
     env_syntax="comma-separated paths, e.g. /,/products/?page=2; empty for None",
     doc="""\
@@ -251,11 +251,16 @@ requests build (URL resolvers, template caches, lazily imported modules,
 specialised bytecode on 3.11+) is built once and shared, instead of being
 built, and copied, in every worker.
 
-gcfork runs each path as an in-process ``GET`` through the WSGI app (no
-socket), in order, in the master, in gunicorn's ``on_starting`` hook: after
-``preload_app`` imported the app and before anything is frozen or forked. A
-callable is called once with the app instead and may use
-``gcfork.warmup.request(app, path)`` itself, e.g. to send headers.
+gcfork runs each path as an in-process ``GET`` through the app (no socket),
+in order, in the master, in gunicorn's ``on_starting`` hook: after
+``preload_app`` imported the app and before anything is frozen or forked.
+A WSGI app (sync, gthread, gevent workers) is called as a WSGI server calls
+it; an ASGI app (``asgi`` and uvicorn's worker: FastAPI, Starlette) is driven
+over ASGI in an event loop of its own, lifespan startup first and shutdown
+last, closed before the fork. An app the worker kind cannot serve, or an ASGI
+app that is not ASGI 3, is refused in one line. A callable is called once
+with the app instead (an ``async def`` one is run in its own loop) and may
+use ``gcfork.warmup.request(app, path)`` itself, e.g. to send headers.
 Afterwards gcfork closes Django's database connections, if Django is
 imported: a connection must not be shared by the workers.
 

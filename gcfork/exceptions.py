@@ -162,6 +162,8 @@ class WarmupError(GcforkError):
         super().__init__(path, status, reason)
 
     def __str__(self) -> str:
+        if self.path == "<app>":  # gcfork.warmup.APP: the app itself, not a request
+            return f"warm-up impossible: {self.reason}"
         if self.status is None:
             return f"warm-up request GET {self.path} raised {self.reason}"
         return (

@@ -16,6 +16,7 @@ library only (the platform through :mod:`gcfork.procfs`).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import gc
 import json
@@ -345,8 +346,22 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Publish now, then every ``interval`` seconds, from a daemon thread."""
+    def start(self, untracked: bool = False) -> None:
+        """Publish now, then every ``interval`` seconds, from a daemon thread.
+
+        Args:
+            untracked: start a bare ``_thread`` thread, which the
+                ``threading`` module does not track: for a process that
+                monkey-patches ``threading`` after this (gunicorn's gevent
+                worker), where a tracked thread's end would look itself up
+                under the patched ``get_ident`` and fail.
+
+        .. versionchanged:: 0.4
+           ``untracked``.
+        """
+        if untracked:
+            _thread.start_new_thread(self._run, ())
+            return
         self._thread = threading.Thread(target=self._run, name="gcfork-publisher", daemon=True)
         self._thread.start()
 

@@ -178,7 +178,7 @@ class LogLineRenderer:
 
 
 def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
-                     private: int | None) -> str:
+                     private: int | None, measured_ago: float | None = None) -> str:
     """The template's line about a worker that exited.
 
     Args:
@@ -186,6 +186,13 @@ def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
         record: its last published record, if any.
         age: seconds it ran, if known.
         private: its USS in bytes at exit, if known.
+        measured_ago: None if ``private`` was measured by the worker as it
+            exited; else how long before its exit the template measured it
+            (a worker killed, or of a kind that publishes no final record).
+
+    .. versionchanged:: 0.4
+       ``measured_ago``: a sample taken before the exit is no longer called
+       "at exit".
     """
     if record is None:
         gc_part = "no GC statistics published"
@@ -198,5 +205,7 @@ def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
         requests = "- requests"
     else:
         requests = plural(record.requests, "request")
+    when = ("at exit" if measured_ago is None or private is None
+            else f"measured {format_age(measured_ago)} before exit")
     return (f"gcfork: worker {pid} exited: age {format_age(age)}, {requests}, "
-            f"{format_bytes(private)} private at exit, {gc_part}")
+            f"{format_bytes(private)} private {when}, {gc_part}")

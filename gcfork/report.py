@@ -398,6 +398,12 @@ class Sampler:
         next_sample = started + min(self._tick, self.sample_every)
         next_line = started + self._interval
         while True:
+            if os.getpid() != self._pid:
+                # A copy in a child: a greenlet (gevent patched the template's
+                # threading) is forked with the process, where a thread is not.
+                # It parks for good, sampling nothing: returning would end a
+                # Thread the child's threading no longer lists (a KeyError).
+                threading.Event().wait()
             try:
                 self._dir.publish(self._record())
                 self._dir.prune()

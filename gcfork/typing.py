@@ -47,5 +47,6 @@ ThresholdsSetting = Union[None, Thresholds, ThresholdsFn]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 """A WSGI application callable."""
 
-WarmupSetting = Union[Sequence[str], Callable[[WSGIApp], object]]
+# The callable gets the app the server serves: WSGI, or ASGI (gcfork.warmup).
+WarmupSetting = Union[Sequence[str], Callable[[Any], object]]
 """What the ``warmup`` setting holds: request paths, or a callable given the app."""

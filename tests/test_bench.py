@@ -119,6 +119,42 @@ def test_an_app_that_fails_to_boot_is_named_and_nothing_is_left(tmp_path: Path) 
     assert not servers_of(tmp_path)
 
 
+def test_worker_class_and_warmup_paths_apart_from_a_mix_with_a_404(tmp_path: Path) -> None:
+    # The mix holds a deliberate 404: warming up with the mix would stop the
+    # warm-up variant, so it gets its own paths. Served by uvicorn's worker.
+    pytest.importorskip("uvicorn_worker")
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate_asgi:app", "--checkpoints", "30",
+                 "--path", "/gc", "--path", "/nowhere", "--warmup-path", "/reference",
+                 "--worker-class", "uvicorn_worker.UvicornWorker", "--variants", "off,warmup")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert results["settings"]["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert results["settings"]["warmup_paths"] == ["/reference"]
+    log = (tmp_path / "out" / "warmup-0" / "gunicorn.log").read_text()
+    assert "gcfork: warm-up in the master: 1 requests" in log
+    assert "uvicorn_worker.UvicornWorker" in log
+    workers = [p for p in results["runs"][1]["report"]["processes"] if p["role"] == "worker"]
+    # uvicorn's worker keeps no request count; gcfork's counts every request.
+    assert sum(w["requests"] for w in workers) >= 30, workers
+
+
+def test_a_variant_that_fails_keeps_the_results_of_those_before(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20",
+                 "--path", "/gc", "--warmup-path", "/nowhere", "--variants", "off,warmup")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "did not boot under variant 'warmup'" in err
+    assert "the results above are of the variants that finished" in err.lower()
+    assert "Memory-sharing report of 'off'" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert [r["variant"] for r in results["runs"]] == ["off"]
+    assert list(results["summary"]) == ["off"] and "warmup" in results["failed"]
+    assert not servers_of(tmp_path)
+
+
 def test_usage_errors_exit_2_and_say_what_to_do(tmp_path: Path) -> None:
     proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--path", "/gc",
                  "--variants", "off,fast")
@@ -156,11 +192,11 @@ def test_interrupted_or_killed_bench_leaves_no_server(tmp_path: Path, signum: in
         assert not servers_of(tmp_path)
 
 
-def test_another_interpreter_imports_this_checkout() -> None:
-    # --python runs gunicorn with an interpreter that has no gcfork installed:
-    # the checkout's root (where pyproject.toml is) goes on its PYTHONPATH.
+def test_another_interpreter_imports_this_checkouts_gcfork() -> None:
+    # It pointed at gcfork/ itself since the tools moved under gcfork/tools/,
+    # so --python from a checkout failed with "No module named 'gcfork'".
     from gcfork.tools.bench.workload import checkout_pythonpath, examples_dir
 
     root = checkout_pythonpath()["PYTHONPATH"].split(os.pathsep)[0]
-    assert Path(root, "pyproject.toml").is_file() and Path(root, "gcfork").is_dir()
-    assert examples_dir() == Path(root, "examples")
+    assert Path(root) == REPO
+    assert examples_dir() == REPO / "examples"

@@ -15,11 +15,12 @@ import psutil
 import pytest
 
 from gcfork.tools.server import GunicornProcess
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 
 EXAMPLES = REPO / "examples"
 DJANGO = EXAMPLES / "django_app"
 FLASK = EXAMPLES / "flask_app"
+FASTAPI = EXAMPLES / "fastapi_app"
 WORKERS = 2
 # What gcfork logs in each worker right after the fork.
 WORKER_LINE = re.compile(r"gcfork: worker slot=\d+ age=\d+ pid=(\d+): GC (on|off), "
@@ -113,3 +114,31 @@ def test_flask_example_serves_its_paths(tmp_path: Path) -> None:
     assert any(p.startswith("/api/cycles") for p in paths)
     with _serve(FLASK, "wsgi:app", tmp_path / "gunicorn.log") as server:
         _check_serves(server, paths)
+
+
+# -- FastAPI ----------------------------------------------------------------
+
+
+def test_fastapi_example_serves_its_paths_under_uvicorns_worker_warmed_up(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (extra 'examples')")
+    pytest.importorskip("uvicorn_worker", reason="its config runs uvicorn's worker (extra "
+                        "'uvicorn')")
+    paths = _paths(FASTAPI)
+    assert any(p.startswith("/suppliers/") for p in paths)  # a def endpoint: a thread pool
+    # Warmed up with the mix: FastAPI's lifespan and thread pool run in the master.
+    env = {"GCFORK_WARMUP": ",".join(dict.fromkeys(paths))}
+    with _serve(FASTAPI, "parts.app:app", tmp_path / "gunicorn.log", env=env) as server:
+        server.wait_ready(WORKERS)
+        # uvicorn's workers answer before the second has logged its GC line.
+        wait_for(lambda: len(WORKER_LINE.findall(server.log())) >= WORKERS,
+                 what="every worker's gcfork line")
+        _check_serves(server, paths)
+        status, body = server.get("/health")
+        # Each worker ran its own lifespan startup after the master's shutdown.
+        assert status == 200 and b'"inventory":true' in body.replace(b" ", b"")
+        log = server.log()
+        assert f"gcfork: warm-up in the master: {len(set(paths))} requests" in log
+        assert "left threads running" not in log
+        assert "worker_class uvicorn_worker.UvicornWorker" in log

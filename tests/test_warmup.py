@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -137,3 +138,98 @@ def test_exit_status_in_flight() -> None:
             raise raised
         except BaseException:
             assert fastexit.exit_status_in_flight() == status
+
+
+# -- ASGI ---------------------------------------------------------------------
+
+
+class Lifespan:
+    """An ASGI 3 app that records its lifespan and requests; ``fail`` makes
+    its startup fail, ``speaks`` False makes it refuse the lifespan scope."""
+
+    def __init__(self, fail: bool = False, speaks: bool = True) -> None:
+        self.events: list[str] = []
+        self.fail = fail
+        self.speaks = speaks
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            if not self.speaks:
+                raise RuntimeError("no lifespan here")
+            while True:
+                message = await receive()
+                self.events.append(message["type"])
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["pool"] = "open"
+                    kind = "failed" if self.fail else "complete"
+                    await send({"type": f"lifespan.startup.{kind}", "message": "no database"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        self.events.append(f"GET {scope['path']}?{scope['query_string'].decode()} "
+                           f"state={scope['state'].get('pool')}")
+        assert (await receive())["type"] == "http.request"
+        status = 200 if scope["path"] == "/ok" else 404
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"world"})
+
+
+def test_an_asgi_app_is_driven_over_asgi_between_lifespan_startup_and_shutdown() -> None:
+    app = Lifespan()
+    results = warmup.warm_up(app, ["/ok?x=1", "/ok"])
+    assert [(r.path, r.status, r.body_bytes) for r in results] == [
+        ("/ok?x=1", 200, 11), ("/ok", 200, 11)]
+    assert app.events == ["lifespan.startup", "GET /ok?x=1 state=open", "GET /ok? state=open",
+                          "lifespan.shutdown"]
+    # The loop is closed: none is left set for the thread that forks next.
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+def test_an_asgi_app_without_lifespan_is_warmed_up_all_the_same() -> None:
+    app = Lifespan(speaks=False)
+    assert [r.status for r in warmup.warm_up(app, ["/ok"])] == [200]
+    assert app.events == ["GET /ok? state=None"]
+
+
+def test_asgi_failures_name_the_path_or_the_lifespan() -> None:
+    with pytest.raises(warmup.WarmupError, match=r"GET /missing answered 'HTTP 404'"):
+        warmup.warm_up(Lifespan(), ["/ok", "/missing"])
+    with pytest.raises(warmup.WarmupError,
+                       match="warm-up impossible: the app's lifespan startup failed: no database"):
+        warmup.warm_up(Lifespan(fail=True), ["/ok"])
+
+
+def test_an_app_of_the_other_protocol_is_refused_in_one_line() -> None:
+    with pytest.raises(warmup.WarmupError) as wsgi_server:
+        warmup.warm_up(Lifespan(), ["/ok"], interface="wsgi")
+    assert "is an ASGI app" in str(wsgi_server.value) and "\n" not in str(wsgi_server.value)
+    with pytest.raises(warmup.WarmupError) as asgi_server:
+        warmup.warm_up(App(), ["/ok"], interface="asgi")
+    assert "is not an ASGI 3 app" in str(asgi_server.value)
+
+
+def test_a_fastapi_app_is_warmed_up_and_its_thread_pool_is_gone_before_the_fork() -> None:
+    fastapi = pytest.importorskip("fastapi")
+    app = fastapi.FastAPI()
+
+    @app.get("/sync")
+    def sync_endpoint() -> dict[str, int]:  # FastAPI runs it in its thread pool
+        return {"ok": 1}
+
+    before = warmup.running_threads()
+    results = warmup.warm_up(app, ["/sync", "/sync"])
+    assert [r.status for r in results] == [200, 200]
+    assert warmup.threads_started_since(before) == []
+
+
+def test_an_async_warmup_callable_runs_in_its_own_loop() -> None:
+    app = Lifespan()
+
+    async def warm(asgi_app: Any) -> None:
+        await asyncio.sleep(0)
+        app.events.append("warmed")
+
+    assert warmup.warm_up(app, warm) == []
+    assert app.events == ["warmed"]

@@ -25,7 +25,12 @@ dirty_worker_init  dirty    publish the dirty worker's GC record
 post_fork          worker   set thresholds, enable the GC, log the proof;
                             start the thread publishing GC statistics and
                             the ``gcfork explain`` trigger
-post_worker_init   worker   without preload: freeze the app just imported
+post_worker_init   worker   for the worker kind (:mod:`gcfork.gunicorn.kinds`):
+                            count an ASGI app's requests where gunicorn does
+                            not (uvicorn), and publish the final record on a
+                            SIGTERM that would end the worker without
+                            ``worker_exit``; without preload: freeze the app
+                            just imported
 worker_exit        worker   publish the final GC statistics and USS; after
                             the user's hook, ``os._exit`` (``fast_exit``)
 child_exit         master   log the worker's exit line; delete its record

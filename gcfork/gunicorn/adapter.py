@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
-from gcfork import actions, fastexit, immortal, memory, procfs, warmup
+from gcfork import actions, fastexit, immortal, memory, procfs
 from gcfork.exceptions import (
     ConfigError,
     ImmortalizeUnsupported,
     StartupError,
     StatsDirError,
     ThresholdsRefused,
-    WarmupError,
 )
+from gcfork.gunicorn.kinds import CountingASGI, WorkerKind, count_requests, kind_of, kinds_line
 from gcfork.gunicorn.roles import DIRTY_ARBITER, DIRTY_WORKER, MASTER, WORKER, members
+from gcfork.gunicorn.warming import warm_up_master
 from gcfork.lifecycle import LIFECYCLE
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
@@ -68,6 +70,11 @@ class Adapter:
         # Worker: gunicorn's exit status, read before the user's worker_exit
         # hook runs (an exception it raises would hide it).
         self._exit_status: int | None = None
+        # The worker kind (kinds.py), set in on_starting and inherited; gcfork's
+        # request count in a worker of a kind that keeps none (post_worker_init).
+        self.kind: WorkerKind | None = None
+        self.counter: CountingASGI | None = None
+        self._final_published = False
 
     # -- master -------------------------------------------------------------
 
@@ -92,9 +99,13 @@ class Adapter:
             )
         if self.policy.ignored:
             server.log.info("gcfork: mode=off: %s ignored", ", ".join(self.policy.ignored))
+        self.kind = kind_of(server.worker_class)
+        said = kinds_line(self.kind, self.policy.exits_fast)
+        if said is not None:
+            server.log.info("%s", said)
         if self.policy.warms_up:
             if preload:
-                self._warm_up(server)
+                warm_up_master(server, self.policy, self.kind)
             else:
                 server.log.warning("gcfork: warm-up skipped: it needs preload_app = True, "
                                    "since the master does not import the app without it")
@@ -169,35 +180,6 @@ class Adapter:
         if LIFECYCLE.armed:
             LIFECYCLE.policy = policy
 
-    def _warm_up(self, server: Any) -> None:
-        """Raises StartupError: before any fork, a warm-up path failed."""
-        host = self.policy.warmup_host
-        paths_or_fn = self.policy.warmup
-        assert paths_or_fn is not None  # policy.warms_up
-        started = time.perf_counter()
-        try:
-            results = warmup.warm_up(server.app.wsgi(), paths_or_fn, host=host)
-        except WarmupError as exc:
-            # The traceback of an app that raised is for debugging, not for
-            # the one line gunicorn prints.
-            server.log.debug("gcfork: warm-up failed", exc_info=exc.__cause__)
-            hint = ""
-            if exc.status == 400:
-                hint = (f"; if the app checks the Host header (Django's ALLOWED_HOSTS), set "
-                        f"gcfork's warmup_host (now {host!r})")
-            raise StartupError(f"gcfork: {exc}{hint}") from None
-        seconds = time.perf_counter() - started
-        closed = warmup.close_connections()
-        if results:
-            slowest = max(results, key=lambda r: r.seconds)
-            done = (f"{len(results)} requests in {seconds:.3f}s (slowest: GET {slowest.path} "
-                    f"{slowest.status} in {slowest.seconds:.3f}s)")
-        else:
-            name = getattr(paths_or_fn, "__qualname__", "the callable")
-            done = f"{name}(app) ran in {seconds:.3f}s"
-        server.log.info("gcfork: warm-up in the master: %s; closed: %s", done,
-                        ", ".join(closed) or "nothing")
-
     def _open_stats(self, server: Any) -> None:
         if self.stats is not None:
             return
@@ -244,11 +226,15 @@ class Adapter:
         last report can be 30 s old. gunicorn has no hook for that moment, so
         this wraps the arbiter's ``stop`` (TERM, INT, QUIT), on this instance only."""
         stop = server.stop
+        measured: list[bool] = []
 
         def measure_then_stop(*args: Any, **kwargs: Any) -> Any:
+            # Once: after INT or QUIT, halt() calls stop again once the workers
+            # are gone; measuring then left the exit lines nothing to report.
             try:
-                sampler.stop()
-                sampler.sample_now()
+                if not measured:
+                    measured.append(sampler.stop())
+                    sampler.sample_now()
             except Exception as exc:  # the server must stop whatever happens here
                 server.log.warning("gcfork: cannot measure at shutdown: %r", exc)
             return stop(*args, **kwargs)
@@ -261,14 +247,20 @@ class Adapter:
         record = self.stats.find(worker.pid)
         last = self.sampler.row_of(worker.pid) if self.sampler is not None else None
         private = record.uss_at_exit if record is not None else None
-        if private is None and last is not None:
+        ago = None
+        if private is None and last is not None and self.sampler is not None:
+            # A killed worker, or one that published no final record: the last
+            # sample of it, said to be as old as it is (a dead process cannot
+            # be measured).
             private = last.memory.uss
+            taken = self.sampler.last.taken if self.sampler.last is not None else time.time()
+            ago = max(time.time() - taken, 0.0)
         age = None
         if record is not None:
             age = (record.written if record.final else time.time()) - record.started
         elif last is not None:
             age = last.age(time.time())
-        server.log.info(worker_exit_line(worker.pid, record, age, private))
+        server.log.info(worker_exit_line(worker.pid, record, age, private, ago))
         if record is not None:
             self.stats.remove(record.pid, record.start)
 
@@ -369,11 +361,48 @@ class Adapter:
         self._enable(worker, info, thresholds)
 
     def post_worker_init(self, worker: Any) -> None:
+        # Whatever the mode: mode "off" is the baseline a comparison counts too.
+        self._account_for_kind(worker)
         if not self.policy.changes_gc or worker.cfg.preload_app:
             return
         actions.freeze()
         info, thresholds = self._assignment(worker)
         self._enable(worker, info, thresholds)
+
+    def _account_for_kind(self, worker: Any) -> None:
+        """Worker, app loaded, about to serve: what its kind needs for the report."""
+        self.counter = count_requests(worker)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # Nothing handles SIGTERM: the kind lets the signal end the process
+            # (uvicorn's worker restores the default and raises it again after
+            # its graceful shutdown), so worker_exit never runs. The final
+            # record is published from here instead, then the signal goes on.
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._last_words(worker, signum))
+
+    def _last_words(self, worker: Any, signum: int) -> None:
+        """Worker, main thread, as SIGTERM ends a kind that dies by it."""
+        try:
+            self._publish_final(worker)
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def _requests(self, proc: Any, role: str) -> int | None:
+        """Requests served: gcfork's count, gunicorn's, or None (unknown)."""
+        if self.counter is not None:
+            return self.counter.count
+        if role == WORKER and self.kind is not None and not self.kind.counts_requests:
+            return None
+        return getattr(proc, "nr", None)
+
+    def _publish_final(self, worker: Any) -> None:
+        """Worker, on its way out: the final record, with its USS measured now."""
+        if self.publisher is None or self._final_published:
+            return
+        self._final_published = True
+        self.publisher.stop()
+        self.publisher.publish(self.collector.record(
+            WORKER, self._requests(worker, WORKER), final=True, uss_at_exit=memory.own_uss()))
 
     def _start_publishing(self, proc: Any, role: str, explain: bool = True) -> None:
         """In a child of a template, right after its fork: publish its record,
@@ -385,14 +414,15 @@ class Adapter:
         try:
             self.collector.reset()
             self.collector.install()
-            # proc.nr is read from the thread: the request path does no work for it
-            # (a dirty arbiter or dirty worker has no count: None).
+            # The count is read from the thread: the request path does no work
+            # for it but CountingASGI's increment (uvicorn's worker).
             self.publisher = Publisher(
-                self.stats, lambda: self.collector.record(role, getattr(proc, "nr", None)),
+                self.stats, lambda: self.collector.record(role, self._requests(proc, role)),
                 on_error=lambda msg: proc.log.warning("gcfork: %s", msg),
                 also=self._explain_trigger(self.stats, proc) if explain else None,
             )
-            self.publisher.start()
+            # gevent's worker patches threading after post_fork, where this runs.
+            self.publisher.start(untracked=self.kind is not None and self.kind.patches_threading)
         except Exception:
             proc.log.exception("gcfork: cannot publish GC statistics; serving without them")
 
@@ -412,11 +442,7 @@ class Adapter:
             return
         # gunicorn calls the hook while its sys.exit(status) is in flight.
         self._exit_status = fastexit.exit_status_in_flight()
-        if self.publisher is None:
-            return
-        self.publisher.stop()
-        self.publisher.publish(self.collector.record(
-            WORKER, worker.nr, final=True, uss_at_exit=memory.own_uss()))
+        self._publish_final(worker)
 
     def worker_exit_last(self, server: Any, worker: Any) -> None:
         """After the user's ``worker_exit`` hook, even one that raised: end the

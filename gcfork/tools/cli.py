@@ -153,7 +153,7 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to run")
     what.add_argument("--example", choices=EXAMPLES,
                       help="one of the example apps of a gcfork checkout")
-    what.add_argument("--app", help="WSGI target, module:callable (instead of --example)")
+    what.add_argument("--app", help="WSGI or ASGI target, module:callable (instead of --example)")
     what.add_argument("--config", type=Path, help="the app's gunicorn config file")
     what.add_argument("--chdir", type=Path, help="directory to run the app from "
                       "(default: the config file's directory)")
@@ -162,6 +162,14 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
                       help="a request path (repeatable; instead of --paths)")
     what.add_argument("--python", default=defaults.python,
                       help="interpreter to run gunicorn with (default: this one)")
+    what.add_argument("--worker-class",
+                      help="gunicorn worker class for every variant, e.g. gthread, gevent, "
+                      "asgi, uvicorn_worker.UvicornWorker (default: the config's)")
+    what.add_argument("--warmup-paths", type=Path, metavar="FILE",
+                      help="what the warm-up variants (warmup, beyond) warm up with, a file of "
+                      "paths, each answering 2xx or 3xx (default: the distinct paths of the mix)")
+    what.add_argument("--warmup-path", action="append", default=[], dest="warmup_path_list",
+                      help="a warm-up path (repeatable; instead of --warmup-paths)")
     how = parser.add_argument_group("how")
     how.add_argument("--variants", default="off,gcfork",
                      help="comma-separated, the first is the baseline; from: "

@@ -11,6 +11,8 @@ Endpoints:
     /reference    reads every record of REFERENCE, as a request reading the
                   app's shared data would (each read writes a reference count)
     /modules      the worker's pid and the names of the modules it has loaded
+    /thread       runs a threading.Thread to its end (a greenlet once gevent
+                  patched threading) and says what the threading module is
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -101,6 +104,13 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         body = {"pid": os.getpid(), "records": len(REFERENCE), "total": total}
     elif path == "/modules":
         body = {"pid": os.getpid(), "modules": sorted(sys.modules)}
+    elif path == "/thread":
+        ran: list[int] = []
+        thread = threading.Thread(target=lambda: (time.sleep(0.05), ran.append(1)))
+        thread.start()
+        thread.join()
+        body = {"pid": os.getpid(), "ran": ran,
+                "thread_module": type(thread).__module__ + "." + time.sleep.__module__}
     elif path == "/cycles":
         for _ in range(int(query.get("n", ["1000"])[0])):
             node: dict[str, Any] = {}

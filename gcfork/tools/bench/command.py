@@ -79,6 +79,11 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
         paths = read_paths(args.paths or target.paths)
     else:
         raise BenchError("give the request mix: --paths FILE or --path /x (repeatable)")
+    warmup_paths: list[str] | None = None
+    if args.warmup_path_list:
+        warmup_paths = check_paths(args.warmup_path_list, "--warmup-path")
+    elif args.warmup_paths:
+        warmup_paths = read_paths(args.warmup_paths)
     if not target.config.is_file():
         raise BenchError(f"--config {target.config}: no such file")
     # Resolved now: the servers run in the app's directory, not in this one.
@@ -87,7 +92,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
         raise BenchError(f"--python {args.python}: no such interpreter")
     settings = Settings(workers=args.workers, requests=marks[-1], checkpoints=tuple(marks),
                         concurrency=args.concurrency, idle=args.idle, repeat=args.repeat,
-                        python=os.path.abspath(python), explain=args.explain)
+                        python=os.path.abspath(python), explain=args.explain,
+                        worker_class=args.worker_class, warmup_paths=warmup_paths)
     return target, settings, variants, paths
 
 
@@ -111,8 +117,10 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         setup_target(target, settings.python, sys.stderr)
-        runs, summary_ = run_bench(target, variants, settings, out_dir, paths)
-        json_path = write_results(runs, summary_, settings, target, out_dir)
+        runs, summary_, failed = run_bench(target, variants, settings, out_dir, paths)
+        if not runs:
+            raise failed or BenchError("no variant ran")
+        json_path = write_results(runs, summary_, settings, target, out_dir, failed)
         chart_path = write_chart(runs, out_dir / "chart.png")
     except BenchError as exc:
         sys.stderr.write(f"gcfork bench: error: {exc}\nEvery server it started is stopped.\n")
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\ngcfork bench: interrupted; every server it started is stopped.\n")
         return 130
-    last = next(r for r in reversed(runs) if r.variant == variants[-1])
+    last = runs[-1]
     stream.write(f"\nMemory-sharing report of {last.variant!r} after the load "
                  f"({target.name}, {settings.workers} workers):\n\n{last.report_table}\n\n")
     stream.write(render_table(summary_, settings, args.baseline) + "\n\n")
@@ -128,6 +136,11 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
     for run_ in runs:
         if run_.explain:
             stream.write(f"explain: {out_dir / f'{run_.variant}-{run_.repeat}' / 'explain.txt'}\n")
+    if failed is not None:
+        # The variants before it finished and are kept above, and in results.json.
+        sys.stderr.write(f"gcfork bench: error: {failed}\nThe results above are of the "
+                         f"variants that finished; every server it started is stopped.\n")
+        return 1
     return 0
 
 

@@ -48,25 +48,31 @@ class Run:
 
 
 def results_json(runs: Sequence[Run], summary_: Mapping[str, Any], settings: Settings,
-                 target: Example) -> dict[str, Any]:
-    """The raw results, versioned (see ``gcfork/bench.schema.json``)."""
-    return {
+                 target: Example, failed: Exception | None = None) -> dict[str, Any]:
+    """The raw results, versioned (see ``gcfork/bench.schema.json``); with
+    ``failed``, those of the variants that finished before that error."""
+    data: dict[str, Any] = {
         "schema": "gcfork.bench",
         "version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
         "server_python": python_version(settings.python),
         "target": {"name": target.name, "app": target.app, "config": str(target.config)},
-        "settings": {**asdict(settings), "checkpoints": list(settings.checkpoints)},
+        "settings": {**asdict(settings), "checkpoints": list(settings.checkpoints),
+                     "warmup_paths": (None if settings.warmup_paths is None
+                                      else list(settings.warmup_paths))},
         "summary": summary_,
         "runs": [asdict(run) for run in runs],
     }
+    if failed is not None:
+        data["failed"] = str(failed)
+    return data
 
 
 def write_results(runs: Sequence[Run], summary_: Mapping[str, Any], settings: Settings,
-                  target: Example, out_dir: Path) -> Path:
+                  target: Example, out_dir: Path, failed: Exception | None = None) -> Path:
     """Write ``results.json`` into ``out_dir``; returns its path."""
-    data = results_json(runs, summary_, settings, target)
+    data = results_json(runs, summary_, settings, target, failed)
     path = out_dir / "results.json"
     path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
     return path

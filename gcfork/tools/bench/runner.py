@@ -69,11 +69,15 @@ class Progress:
 def _serving(target: Example, variant: Variant, settings: Settings, directory: Path,
              env: Mapping[str, str], paths: Sequence[str]) -> Iterator[GunicornProcess]:
     config = write_config(target, variant, directory)
+    args = ["--workers", str(settings.workers), "--preload"]
+    if settings.worker_class is not None:
+        args += ["--worker-class", settings.worker_class]
+    warmup_paths = paths if settings.warmup_paths is None else settings.warmup_paths
     server = GunicornProcess(
         target.app, config, directory / "gunicorn.log", python=settings.python,
         cwd=target.directory,
-        env={**env, **variant.environ(paths), STATS_DIR.env: str(directory / "stats")},
-        args=["--workers", str(settings.workers), "--preload"],
+        env={**env, **variant.environ(warmup_paths), STATS_DIR.env: str(directory / "stats")},
+        args=args,
     )
     try:
         server.start()
@@ -173,11 +177,15 @@ def run_bench(
     out_dir: Path,
     paths: Sequence[str],
     stream: TextIO = sys.stderr,
-) -> tuple[list[Run], dict[str, dict[str, Any]]]:
+) -> tuple[list[Run], dict[str, dict[str, Any]], BenchError | None]:
     """Run every variant ``settings.repeat`` times, interleaved, and summarise.
 
     The mix is shuffled once with ``settings.seed`` so that every variant gets
     the same sequence of requests.
+
+    Returns:
+        The runs that finished, their summary, and the error that stopped
+        the benchmark, if one did: the runs before it are kept.
     """
     mix = list(paths)
     random.Random(settings.seed).shuffle(mix)
@@ -189,6 +197,10 @@ def run_bench(
         for name in variants:
             progress.start(f"[{len(runs) + 1}/{total}] {name}")
             directory = out_dir / f"{name}-{repeat}"
-            runs.append(run_variant(target, VARIANTS[name], settings, mix, directory, progress,
-                                    repeat, env))
-    return runs, summary(runs, variants)
+            try:
+                runs.append(run_variant(target, VARIANTS[name], settings, mix, directory,
+                                        progress, repeat, env))
+            except BenchError as exc:
+                done = [v for v in variants if any(r.variant == v for r in runs)]
+                return runs, summary(runs, done), exc
+    return runs, summary(runs, variants), None

@@ -36,8 +36,8 @@ class Variant:
         plain: no gcfork and no recipe: the server as it is without gcfork,
             the yardstick of what mode ``off`` (measuring only) costs.
         doc: one line for ``--help``.
-        warmup: warm the app up in the master with the distinct paths of the
-            request mix (gcfork's ``warmup`` setting).
+        warmup: warm the app up in the master (gcfork's ``warmup`` setting)
+            with the warm-up paths given to :meth:`environ`.
     """
 
     name: str
@@ -48,10 +48,12 @@ class Variant:
     recipe: bool = False
     plain: bool = False
 
-    def environ(self, paths: Sequence[str]) -> dict[str, str]:
+    def environ(self, warmup_paths: Sequence[str]) -> dict[str, str]:
+        """This variant's environment; ``warmup_paths`` for a warm-up variant
+        (each once, in order)."""
         env = dict(self.env)
         if self.warmup:
-            env[WARMUP.env] = ",".join(dict.fromkeys(paths))
+            env[WARMUP.env] = ",".join(dict.fromkeys(warmup_paths))
         return env
 
 

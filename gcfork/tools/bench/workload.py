@@ -30,9 +30,10 @@ __all__ = [
     "setup_target",
 ]
 
-EXAMPLES = ("django", "flask")
+EXAMPLES = ("django", "flask", "fastapi")
 
-# Where a source checkout has its pyproject.toml and examples/: above gcfork/.
+# Where a source checkout has its pyproject.toml and examples/: above gcfork/
+# (this file is gcfork/tools/bench/workload.py).
 _CHECKOUT = Path(__file__).resolve().parents[3]
 
 # The last checkpoint is the total number of requests: one declaration for both.
@@ -64,6 +65,10 @@ class Settings:
     seed: int = 0
     python: str = sys.executable
     explain: bool = False
+    # gunicorn's --worker-class for every variant; None keeps the config's.
+    worker_class: str | None = None
+    # What the warm-up variants warm up with; None: the distinct paths of the mix.
+    warmup_paths: Sequence[str] | None = None
 
 
 def examples_dir() -> Path:
@@ -85,6 +90,10 @@ def example(name: str) -> Example:
     if name == "flask":
         d = root / "flask_app"
         return Example("flask", "wsgi:app", d, d / "gunicorn.conf.py", d / "paths.txt")
+    if name == "fastapi":
+        # Its config runs it under uvicorn's worker (the uvicorn extra).
+        d = root / "fastapi_app"
+        return Example("fastapi", "parts.app:app", d, d / "gunicorn.conf.py", d / "paths.txt")
     raise BenchError(f"unknown example {name!r}: choose {' or '.join(EXAMPLES)}")
 
 

@@ -1,0 +1,1 @@
+"""parts: a FastAPI example for gcfork (see README.md)."""
