@@ -133,7 +133,7 @@ def test_the_only_master_is_found_on_its_own(tmp_path: Path, wrapper: list[str])
     pid, top, status = first.split()
     assert status == "0", done.stdout + done.stderr
     assert (pid == top) is not bool(wrapper)
-    assert f"gcfork: reporting gunicorn master {pid} (" in rest
+    assert f"gcfork: reporting the cluster of {pid} (" in rest
     assert f"cluster of master {pid}: 1 worker, 2 processes" in rest
     assert "dirty" not in rest and "note:" not in rest and "across 1 worker." in rest
 

@@ -2,7 +2,7 @@
 
 Subcommands:
 
-- ``gcfork report``: the memory-sharing report of a running gunicorn master;
+- ``gcfork report``: the memory-sharing report of a running cluster;
 - ``gcfork settings``: the settings reference, generated from
   :mod:`gcfork.config`, or a check that a copy of it is current;
 - ``gcfork explain``: the copy-on-write profile of one running worker
@@ -81,17 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     report = sub.add_parser(
-        "report", help="memory sharing and GC statistics of a running gunicorn master",
+        "report", help="memory sharing and GC statistics of a running pre-fork cluster",
         # argparse %-formats help strings but not descriptions: a bare % here.
-        description="Measure a running gunicorn master and its workers: RSS, PSS, USS, "
-                    "shared %, requests and GC statistics, with the memory that "
-                    "copy-on-write saves. A master is what gcfork advertises when it is "
-                    "installed in the master's config; without --pid or --pidfile, the one "
-                    "such master of this user is reported.",
+        description="Measure a running cluster (a gunicorn master, a Celery parent or a "
+                    "pool's template, and its workers): RSS, PSS, USS, shared %, requests "
+                    "and GC statistics, with the memory that copy-on-write saves. A template "
+                    "is what gcfork advertises when it is installed there; without --pid or "
+                    "--pidfile, the one such template of this user is reported.",
     )
     which = report.add_mutually_exclusive_group()
     which.add_argument("--pid", type=_positive_int,
-                       help="pid of the gunicorn master (refused, with the pid to use, if it "
+                       help="pid of the template: gunicorn's master, Celery's parent, a pool's "
+                            "parent (refused, with the pid to use, if it "
                             "is a worker, a wrapper or a process without gcfork)")
     which.add_argument("--pidfile", metavar="PATH",
                        help="gunicorn's pidfile (its --pidfile setting)")
@@ -202,7 +203,7 @@ def _find_master(args: argparse.Namespace) -> Master:
     if args.pidfile is not None:
         return master_from_pidfile(args.pidfile, args.stats_dir)
     master = choose(find_masters())
-    print(f"gcfork: reporting gunicorn master {master.pid} ({master.cmdline[:100]})",
+    print(f"gcfork: reporting the cluster of {master.pid} ({master.cmdline[:100]})",
           file=sys.stderr)
     return master
 
