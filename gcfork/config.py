@@ -152,9 +152,10 @@ threshold of 700 (CPython's own up to 3.12; 3.13 raised it to 2,000, which
 lets a worker's pages hold about three times as much cyclic garbage between
 young collections) and the interpreter's values for the other two. Give
 ``(2000, 10, 10)`` to keep 3.13's.
-A callable receives a :class:`gcfork.WorkerInfo` (``index``: the worker's slot,
-0 to workers - 1; ``age``: gunicorn's spawn counter) and returns the tuple, so
-workers can run different thresholds. The callable runs in the master right
+A callable receives a :class:`gcfork.WorkerInfo` and returns the tuple, so
+workers can run different thresholds. Under gunicorn ``index`` is the worker's
+slot, 0 to workers - 1, and ``age`` gunicorn's spawn counter; under
+``gcfork.celery`` and ``gcfork.fork`` see docs/pools.md. The callable runs in the master right
 before the worker is forked; it is called once at start-up with
 ``WorkerInfo(index=0, age=1)`` to check it. Ignored in modes ``disable`` and
 ``off``. Since inherited objects are frozen, a worker's collections only scan
