@@ -38,6 +38,8 @@ class Policy:
     warmup_host: str
     immortalize: bool
     fast_exit: bool
+    max_worker_private: int | None
+    recycle_min_age: float
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
