@@ -419,6 +419,7 @@ class Sampler:
     def _run(self) -> None:
         started = time.monotonic()
         next_sample = started + min(self._tick, self.sample_every)
+        previous = started
         next_line = started + self._interval
         while True:
             if os.getpid() != self._pid:
@@ -431,7 +432,11 @@ class Sampler:
                 self._dir.publish(self._record())
                 self._dir.prune()
                 now = time.monotonic()
-                if now >= next_sample:
+                # The pace is asked again at each tick: a watcher that asks for
+                # a faster one (max_worker_private set by a HUP) shortens the
+                # wait already under way.
+                if now >= min(next_sample, previous + self.sample_every):
+                    previous = now
                     next_sample = now + self.sample_every
                     report = collect(self._pid, self._members, self._dir.path)
                     # Stopping: sample_now's report must not be replaced by this
