@@ -60,11 +60,14 @@ class GunicornRecycler:
 
     def __call__(self, report: Report) -> None:
         policy = self._policy()
+        # Only the workers gunicorn lists: a child of the master the tree calls
+        # a worker but gunicorn does not know is never signalled.
+        listed = self._server.WORKERS.copy()  # one C-level copy: atomic beside the main loop
         workers = [
             Candidate(row.pid, row.memory.start, age, row.memory.uss)
             for row in report.workers
-            if row.memory.start is not None and row.memory.uss is not None
-            and (age := row.age(report.taken)) is not None
+            if row.pid in listed and row.memory.start is not None
+            and row.memory.uss is not None and (age := row.age(report.taken)) is not None
         ]
         recycle = self.engine.decide(workers, policy.max_worker_private, policy.recycle_min_age)
         if recycle is None:
