@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -253,3 +255,34 @@ def test_two_leaking_workers_are_recycled_one_at_a_time(start_server: StartServe
     second_recycle = log.index(f"gcfork: recycling worker pid={recycled[1]} ")
     assert first_exit < second_recycle
     assert "'private_memory': 2" in log
+
+
+def _reload(server: GunicornProcess, old: str, new: str) -> None:
+    """Rewrite the config and HUP the master; wait for the new generation."""
+    path = Path(server.config)
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    before = set(server.worker_pids())
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: len(server.worker_pids()) == 2 and not before & set(server.worker_pids()),
+             what="the workers of the reloaded config")
+
+
+def test_a_hup_refuses_a_bad_bound_in_one_line_then_sets_a_good_one(
+        start_server: StartServer) -> None:
+    server = start_server(_conf("None"), workers=2, expect_errors=True)
+    _reload(server, "max_worker_private=None", "max_worker_private='60 parsecs'")
+    errors = [line for line in server.log().splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "'max_worker_private'" in errors[0], errors
+    assert "workers keep the previous settings" in errors[0]
+    # Still off (None kept), then 60 MiB: the sampler's 30 s pace turns to 2 s at once.
+    _reload(server, "'60 parsecs'", "'60MiB'")
+    target = server.worker_pids()[0]
+    load = Load(server)
+    deadline = time.monotonic() + 120
+    while target in server.worker_pids() and time.monotonic() < deadline:
+        load.leak(f"?pid={target}")
+    assert target not in server.worker_pids(), "the leaking worker was not recycled"
+    assert set(load.statuses) == {200}
+    assert [pid for pid, _, _ in _recycles(server.log())] == [target]
