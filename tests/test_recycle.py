@@ -229,6 +229,7 @@ def test_the_leaking_worker_is_replaced_and_the_other_is_not(
     assert other in server.worker_pids()
     assert [pid for pid, _, _ in _recycles(log)] == [target]
     assert "test: recycles={'private_memory': 1}" in log
+    assert "also max_worker_private=60.0 MiB (workers older than 1s)" in log  # the start line
     # Caught within one sample's growth above the bound, stopped at the next.
     growth = load.growth_per_sample()
     (_, first, second), = _recycles(log)
