@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import inspect
 import math
+import operator
 import os
 import re
 from typing import Callable
@@ -254,15 +255,19 @@ def size(value: object) -> int | None:
         raise TypeError(f"expected a size such as '300MiB' or an int of bytes, "
                         f"got {type(value).__name__}")
     if isinstance(value, int):
-        number = value
+        number = operator.index(value)  # a plain int, whatever subclass was given
     else:
         match = _SIZE.fullmatch(value)
         if match is None:
             raise ValueError("not a number followed by an optional unit")
-        unit = match.group(2).lower()
+        digits, unit = match.group(1), match.group(2).lower()
         if unit not in _SIZE_UNITS:
             raise ValueError(f"unknown unit {match.group(2)!r}")
-        number = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        if len(digits) > 30:
+            # Before any conversion: float() would give inf, int() hit its digit limit.
+            raise ValueError("larger than any machine's memory")
+        number = (int(float(digits) * _SIZE_UNITS[unit]) if "." in digits
+                  else int(digits) * _SIZE_UNITS[unit])
     if number <= 0:
         raise ValueError("not a size > 0; None turns it off")
     if number > MAX_SIZE:

@@ -40,12 +40,20 @@ def test_sizes_are_read_in_bytes(given_value: object, size: int | None) -> None:
 
 
 @pytest.mark.parametrize("bad", ["lots", "12XB", "-1MiB", "0", 0, -5, True, 1.5, "1e3MiB",
-                                 "9" * 30])
+                                 "9" * 30, "10" * 300 + ".5MiB", "9" * 5000])
 def test_a_bad_size_is_refused_in_one_line_naming_the_setting(bad: object) -> None:
     with pytest.raises(ConfigError) as info:
         resolve({"max_worker_private": bad}, {})
     message = str(info.value)
     assert "'max_worker_private'" in message and "allowed:" in message and "\n" not in message
+
+
+def test_an_int_subclass_becomes_a_plain_int() -> None:
+    class Bytes(int):
+        pass
+
+    value = resolve({"max_worker_private": Bytes(5)}, {})["max_worker_private"].value
+    assert type(value) is int and value == 5
 
 
 def test_the_environment_sets_and_clears_the_bound() -> None:
