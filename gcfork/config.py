@@ -344,11 +344,61 @@ worker that fails to boot (3) or to load the app (4) still stops the master.
 Ignored in mode ``off``.""",
 )
 
+# -- Recycling workers on private memory (issue 12, item 3) ---------------------
+
+MAX_WORKER_PRIVATE: Setting[int | None] = Setting(
+    name="max_worker_private",
+    section="Recycling workers",
+    default=None,
+    validator=validate.size,
+    from_env=validate.env_size,
+    allowed=("None (off), an int of bytes > 0, or a size such as '300MiB', '1.5GiB' or "
+             "'500MB' (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    env_syntax="a size such as 300MiB, 1.5GiB, 500MB or 314572800; empty or 'none' for off",
+    doc="""\
+Recycle a worker whose private memory (USS: the pages no other process maps)
+stays above this size: when two consecutive samples of the master's sampler
+find it above, the master sends that worker ``SIGTERM``, gunicorn's graceful
+stop (the worker finishes its requests, within ``graceful_timeout`` for the
+kinds that keep several), and gunicorn forks its replacement. ``None`` (the
+default) never recycles.
+
+USS, not RSS: RSS counts the pages a worker shares with the master, so the
+better the sharing the sooner an RSS limit fires on a healthy worker; USS is
+what a worker's exit gives back (``docs/fleet.md``). At most one worker is
+in recycle at a time (the next is considered once it has exited), and none
+younger than ``recycle_min_age``. Each recycle is one line in the master's
+log (pid, slot, USS in both samples, the bound).
+
+While it is set the sampler measures the cluster every 2 s (instead of every
+``report_interval``, at most 30 s), so a worker is asked to stop 2 to 4 s
+after it crosses the bound; the log line keeps its ``report_interval``.
+Measuring costs about 1 ms per worker (a ``smaps_rollup`` read), in a thread
+of the master. Workers only: the master, gunicorn's dirty arbiter and its
+dirty workers are never recycled.""",
+)
+
+RECYCLE_MIN_AGE: Setting[float] = Setting(
+    name="recycle_min_age",
+    section="Recycling workers",
+    default=60.0,
+    validator=validate.seconds,
+    from_env=validate.env_float,
+    allowed="a number of seconds >= 0",
+    env_syntax="a number of seconds >= 0",
+    doc="""\
+A worker younger than this is never recycled by ``max_worker_private``,
+whatever its USS: an app that builds its caches in its first minute would
+otherwise be restarted in a loop, each replacement building them again.
+Ignored while ``max_worker_private`` is None.""",
+)
+
 SETTINGS: Mapping[str, Setting[Any]] = {
     s.name: s
     for s in (
         MODE, THRESHOLDS, COLLECT_BEFORE_FREEZE, REPORT_INTERVAL, STATS_DIR,
         WARMUP, WARMUP_HOST, IMMORTALIZE, FAST_EXIT,
+        MAX_WORKER_PRIVATE, RECYCLE_MIN_AGE,
     )
 }
 """Every setting, by name, in the order the reference docs list them."""

@@ -10,6 +10,7 @@ from typing import Any
 from gcfork import actions
 from gcfork.config import resolve, worker_thresholds
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, WorkerInfo
+from gcfork.units import format_bytes
 
 __all__ = ["Policy"]
 
@@ -38,6 +39,8 @@ class Policy:
     warmup_host: str
     immortalize: bool
     fast_exit: bool
+    max_worker_private: int | None
+    recycle_min_age: float
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -127,6 +130,9 @@ class Policy:
                                         ("fast_exit", self.exits_fast)) if on]
         if self.warms_up:
             extras.append(f"warmup={_warmup_words(self.warmup)}")
+        if self.max_worker_private is not None:
+            extras.append(f"max_worker_private={format_bytes(self.max_worker_private)} "
+                          f"(workers older than {self.recycle_min_age:g}s)")
         if extras:
             parts.append("also " + ", ".join(extras))
         if preload is not None:

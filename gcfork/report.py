@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gcfork import memory
 from gcfork.exceptions import MasterGone, StatsDirError
@@ -55,6 +55,7 @@ __all__ = [
     "Report",
     "Sampler",
     "TableRenderer",
+    "Watcher",
     "collect",
     "format_age",
     "format_bytes",
@@ -301,6 +302,21 @@ def collect(template_pid: int, members: MembersOf, stats_dir: str | None = None,
 # -- the template's sampling thread ---------------------------------------------
 
 
+class Watcher(Protocol):
+    """Reads every report the :class:`Sampler` takes, in the sampler's thread
+    (e.g. the recycling of workers on private memory, :mod:`gcfork.recycle`).
+
+    .. versionadded:: 0.4
+    """
+
+    def every(self) -> float | None:
+        """Seconds between two samples the watcher needs now; None for the
+        sampler's own pace. Asked before each wait, so a ``HUP`` can change it."""
+
+    def __call__(self, report: Report) -> None:
+        """Read a fresh report. What it raises is logged by the sampler."""
+
+
 class Sampler:
     """A daemon thread of the template: publishes the template's record, takes
     a report every ``sample_every`` seconds and logs its line every ``interval``.
@@ -318,17 +334,20 @@ class Sampler:
         log: logs a line (e.g. the server's logger's ``info``).
         interval: seconds between two logged lines; 0 for none.
         tick: seconds between two template records.
+        watcher: reads every report; may ask for faster sampling.
 
     .. versionchanged:: 0.3
        ``members``; ``master_pid`` and ``master_record`` renamed.
+    .. versionchanged:: 0.4
+       ``watcher``.
     """
 
     __slots__ = ("_dir", "_interval", "_last_error", "_log", "_members", "_pid", "_record",
-                 "_stop", "_thread", "_tick", "last")
+                 "_stop", "_thread", "_tick", "_watcher", "last")
 
     def __init__(self, template_pid: int, stats_dir: StatsDir, members: MembersOf,
                  template_record: Callable[[], StatsRecord], log: Callable[[str], object],
-                 interval: float, tick: float = 2.0) -> None:
+                 interval: float, tick: float = 2.0, watcher: Watcher | None = None) -> None:
         self._pid = template_pid
         self._dir = stats_dir
         self._members = members
@@ -339,14 +358,18 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._watcher = watcher
         self.last: Report | None = None
 
     @property
     def sample_every(self) -> float:
         """Seconds between two reports: the log interval, at most 30 s, so the
         figures of a worker that exits without a final record are recent even
-        with the line off. (The shutdown report is measured by :meth:`sample_now`.)"""
-        return min(self._interval, 30.0) if self._interval > 0 else 30.0
+        with the line off; faster if the watcher asks. (The shutdown report is
+        measured by :meth:`sample_now`.)"""
+        own = min(self._interval, 30.0) if self._interval > 0 else 30.0
+        wanted = self._watcher.every() if self._watcher is not None else None
+        return own if wanted is None else min(own, wanted)
 
     def start(self) -> None:
         """Start the thread (template, once the server is ready)."""
@@ -396,6 +419,7 @@ class Sampler:
     def _run(self) -> None:
         started = time.monotonic()
         next_sample = started + min(self._tick, self.sample_every)
+        previous = started
         next_line = started + self._interval
         while True:
             if os.getpid() != self._pid:
@@ -408,7 +432,11 @@ class Sampler:
                 self._dir.publish(self._record())
                 self._dir.prune()
                 now = time.monotonic()
-                if now >= next_sample:
+                # The pace is asked again at each tick: a watcher that asks for
+                # a faster one (max_worker_private set by a HUP) shortens the
+                # wait already under way.
+                if now >= min(next_sample, previous + self.sample_every):
+                    previous = now
                     next_sample = now + self.sample_every
                     report = collect(self._pid, self._members, self._dir.path)
                     # Stopping: sample_now's report must not be replaced by this
@@ -416,6 +444,8 @@ class Sampler:
                     if self._stop.is_set():
                         return
                     self.last = report
+                    if self._watcher is not None:
+                        self._watcher(report)
                     if self._interval > 0 and now >= next_line:
                         next_line = now + self._interval
                         self._log(LogLineRenderer()(report))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import inspect
 import math
+import operator
 import os
 import re
 from typing import Callable
@@ -21,17 +22,20 @@ from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, Wo
 
 __all__ = [
     "MAX_SECONDS",
+    "MAX_SIZE",
     "MODES",
     "boolean",
     "env_bool",
     "env_float",
     "env_paths",
+    "env_size",
     "env_text",
     "env_thresholds",
     "host",
     "mode",
     "optional_dir",
     "seconds",
+    "size",
     "threshold_tuple",
     "thresholds",
     "warmup",
@@ -230,3 +234,46 @@ def host(value: object) -> str:
     if not _HOST.fullmatch(value):
         raise ValueError("not a bare host name (no scheme, port or path)")
     return value
+
+
+# -- sizes (max_worker_private) -------------------------------------------------
+
+# Binary units are what the report prints (MiB); decimal ones are what a
+# container limit or a cloud console often says (MB): both are accepted, spelled out.
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+MAX_SIZE = 2**62  # bytes; beyond any machine, and below MAX_BYTES of gcfork.units
+
+
+def size(value: object) -> int | None:
+    """A number of bytes > 0: an int, or text such as ``300MiB``, ``1.5GiB``,
+    ``500MB``, ``4096``; None stays None (off)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected a size such as '300MiB' or an int of bytes, "
+                        f"got {type(value).__name__}")
+    if isinstance(value, int):
+        number = operator.index(value)  # a plain int, whatever subclass was given
+    else:
+        match = _SIZE.fullmatch(value)
+        if match is None:
+            raise ValueError("not a number followed by an optional unit")
+        digits, unit = match.group(1), match.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ValueError(f"unknown unit {match.group(2)!r}")
+        if len(digits) > 30:
+            # Before any conversion: float() would give inf, int() hit its digit limit.
+            raise ValueError("larger than any machine's memory")
+        number = (int(float(digits) * _SIZE_UNITS[unit]) if "." in digits
+                  else int(digits) * _SIZE_UNITS[unit])
+    if number <= 0:
+        raise ValueError("not a size > 0; None turns it off")
+    if number > MAX_SIZE:
+        raise ValueError("larger than any machine's memory")
+    return number
+
+
+def env_size(text: str) -> object:
+    return None if text.lower() in ("", "none", "off") else text

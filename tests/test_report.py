@@ -393,3 +393,38 @@ def test_sampler_stop_waits_for_the_thread_and_sample_now_is_fresh() -> None:
     report = sampler.sample_now()
     assert report.taken >= before and sampler.last is report
     assert report.template_pid == os.getpid() and report.rows[0].role == "master"
+
+
+class _PaceWatcher:
+    """A watcher that asks for no pace until told, and keeps every report."""
+
+    def __init__(self) -> None:
+        self.pace: float | None = None
+        self.reports: list[Report] = []
+
+    def every(self) -> float | None:
+        return self.pace
+
+    def __call__(self, report: Report) -> None:
+        self.reports.append(report)
+
+
+def test_a_watcher_reads_every_report_and_can_quicken_the_pace_under_way() -> None:
+    stats = StatsDir.create(None)
+    watcher = _PaceWatcher()
+    sampler = Sampler(os.getpid(), stats, members, lambda: GCCollector().record("master", None),
+                      lambda line: None, 0, tick=0.05, watcher=watcher)
+    try:
+        assert sampler.sample_every == 30.0
+        sampler.start()
+        wait_for(lambda: watcher.reports, what="the first report")  # after one tick
+        time.sleep(0.5)
+        assert len(watcher.reports) == 1  # the next is 30 s away
+        # As max_worker_private set by a HUP: the 30 s wait already under way is cut short.
+        watcher.pace = 0.1
+        assert sampler.sample_every == 0.1
+        wait_for(lambda: len(watcher.reports) >= 4, timeout=10, what="the quicker pace")
+        assert all(r.template_pid == os.getpid() for r in watcher.reports)
+    finally:
+        assert sampler.stop(timeout=10)
+        stats.destroy()

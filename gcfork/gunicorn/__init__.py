@@ -11,7 +11,9 @@ on_starting        master   settle and log the policy; warn about missing preloa
                             directory and advertise it
 on_reload          master   after a HUP re-read the config: the new settings
                             (or, if refused, an error and the previous ones)
-when_ready         master   start the sampling thread (report line)
+when_ready         master   start the sampling thread (report line), which
+                            recycles workers on private memory
+                            (``max_worker_private``, :mod:`.recycling`)
 pre_fork           master   give the worker a slot and thresholds; the freeze
                             follows inside ``os.fork()`` (``gcfork.lifecycle``),
                             for every fork of the master; at the first one,

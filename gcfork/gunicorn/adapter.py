@@ -23,6 +23,7 @@ from gcfork.exceptions import (
     ThresholdsRefused,
 )
 from gcfork.gunicorn.kinds import CountingASGI, WorkerKind, count_requests, kind_of, kinds_line
+from gcfork.gunicorn.recycling import GunicornRecycler
 from gcfork.gunicorn.roles import DIRTY_ARBITER, DIRTY_WORKER, MASTER, WORKER, members
 from gcfork.gunicorn.warming import warm_up_master
 from gcfork.lifecycle import LIFECYCLE
@@ -41,7 +42,6 @@ from gcfork.trigger import ExplainTrigger
 from gcfork.typing import Thresholds, WorkerInfo
 
 __all__ = ["ADAPTER", "Adapter"]
-
 
 
 class Adapter:
@@ -66,6 +66,7 @@ class Adapter:
         self.stats: StatsDir | None = None
         self.collector = GCCollector()
         self.sampler: Sampler | None = None
+        self.recycler: GunicornRecycler | None = None
         self.publisher: Publisher | None = None
         # Worker: gunicorn's exit status, read before the user's worker_exit
         # hook runs (an exception it raises would hide it).
@@ -214,8 +215,9 @@ class Adapter:
         def master_record() -> StatsRecord:
             return self.collector.record(MASTER, None)
 
+        self.recycler = GunicornRecycler(server, lambda: self.policy, lambda: self._slot_of_age)
         self.sampler = Sampler(os.getpid(), self.stats, members, master_record, server.log.info,
-                               self.policy.report_interval)
+                               self.policy.report_interval, watcher=self.recycler)
         self.stats.publish(master_record())
         self.sampler.start()
         self._measure_when_stopping(server, self.sampler)
@@ -284,16 +286,14 @@ class Adapter:
             if self.sampler is None or self.sampler.stop():
                 self.stats.destroy()
             else:
-                server.log.warning("gcfork: the sampler did not stop; leaving %s",
-                                   self.stats.path)
+                server.log.warning("gcfork: the sampler did not stop; leaving %s", self.stats.path)
 
     def pre_fork(self, server: Any, worker: Any) -> None:
         info = WorkerInfo(index=self._take_slot(server, worker.age), age=worker.age)
         try:
             thresholds = self.policy.thresholds_for(info)
         except ConfigError as exc:
-            server.log.error("gcfork: %s; worker %s keeps the interpreter's thresholds",
-                             exc, info)
+            server.log.error("gcfork: %s; worker %s keeps the interpreter's thresholds", exc, info)
             thresholds = None
         self._next = (worker.age, info, thresholds)
         if not self.policy.changes_gc:

@@ -13,6 +13,9 @@ Endpoints:
     /modules      the worker's pid and the names of the modules it has loaded
     /thread       runs a threading.Thread to its end (a greenlet once gevent
                   patched threading) and says what the threading module is
+    /leak?mib=N&pid=P  keeps N MiB (1 by default) more in LEAKED, for good: a
+                  leak, written so that its pages are the worker's own (USS);
+                  with pid, only the worker of that pid leaks (the others answer)
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class _Lazy:
 
 
 LAZY = _Lazy({"debug": False})
+
+# What /leak keeps: never freed, as a cache that only grows.
+LEAKED: list[bytes] = []
 
 
 def _state() -> dict[str, Any]:
@@ -111,6 +117,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         thread.join()
         body = {"pid": os.getpid(), "ran": ran,
                 "thread_module": type(thread).__module__ + "." + time.sleep.__module__}
+    elif path == "/leak":
+        only = query.get("pid")
+        mib = int(query.get("mib", ["1"])[0]) if only is None or int(only[0]) == os.getpid() else 0
+        for _ in range(mib):
+            # Filled with a non-zero byte: a zero-filled buffer may be mapped
+            # lazily and not be resident at all.
+            LEAKED.append(b"\x01" * 2**20)
+        body = {"pid": os.getpid(), "leaked_mib": len(LEAKED)}
     elif path == "/cycles":
         for _ in range(int(query.get("n", ["1000"])[0])):
             node: dict[str, Any] = {}

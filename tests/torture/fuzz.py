@@ -187,6 +187,12 @@ def interpreter_refuses(policy: Policy) -> Outcome:
         return Outcome(BAD_ACCEPT, f"warmup={_safe_repr(warmup)}")
     if not isinstance(policy.warmup_host, str) or not policy.warmup_host.isascii():
         return Outcome(BAD_ACCEPT, f"warmup_host={_safe_repr(policy.warmup_host)}")
+    bound = policy.max_worker_private
+    if bound is not None and (type(bound) is not int or not 0 < bound <= 2**62):
+        return Outcome(BAD_ACCEPT, f"max_worker_private={_safe_repr(bound)}")
+    min_age = policy.recycle_min_age
+    if not isinstance(min_age, float) or not 0 <= min_age < math.inf:
+        return Outcome(BAD_ACCEPT, f"recycle_min_age={_safe_repr(min_age)}")
     return Outcome(ACCEPTED)
 
 
@@ -298,6 +304,9 @@ SPECIFIC: dict[str, st.SearchStrategy[Any]] = {
     "warmup_host": TEXT | st.from_regex(r"[a-z0-9.\-\[\]:]{0,20}", fullmatch=True),
     "immortalize": st.booleans() | HUGE_INTS,
     "fast_exit": st.booleans() | HUGE_INTS,
+    "max_worker_private": st.integers(-10, 2**70) | HUGE_INTS | FLOATS
+    | st.from_regex(r" ?[0-9]{0,40}(\.[0-9]{0,5})? ?[KMGTkmgti]{0,2}[Bb]? ?", fullmatch=True),
+    "recycle_min_age": FLOATS | st.integers(-10, 2**70) | HUGE_INTS,
 }
 
 def _in_an_environment(text: str) -> bool:
@@ -323,6 +332,7 @@ VALID_ENV_TEXT: dict[str, str] = {
     "mode": "off", "thresholds": "1234,10,10", "collect_before_freeze": "true",
     "report_interval": "7", "stats_dir": "/tmp/gcfork-fuzz", "warmup": "/",
     "warmup_host": "example.com", "immortalize": "false", "fast_exit": "true",
+    "max_worker_private": "300MiB", "recycle_min_age": "5",
 }
 
 
