@@ -23,6 +23,7 @@ from gcfork.config import resolve
 from gcfork.exceptions import ConfigError
 from gcfork.tools.server import GunicornProcess
 from tests.conftest import StartServer, smaps_rollup, wait_for
+from tests.test_fork import _run_pool
 
 CONF = """
 import gcfork; gcfork.install(globals(), report_interval=0.5, {settings})
@@ -272,3 +273,14 @@ def test_an_address_in_use_is_logged_and_the_server_goes_on(start_server: StartS
         assert server.get("/gc")[0] == 200
     errors = [line for line in server.log().splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], errors
+
+
+def test_a_multiprocessing_pool_template_writes_the_textfile(tmp_path: Path) -> None:
+    path = tmp_path / "pool.prom"
+    env = {"GCFORK_METRICS_TEXTFILE": str(path), "GCFORK_REPORT_INTERVAL": "0.1"}
+    _, report, _, log = _run_pool("fork", env, tmp_path / "go")
+    assert "ERROR" not in log, log
+    families = {f.name: f.samples for f in text_string_to_metric_families(path.read_text())}
+    roles = {(s.labels["role"], s.labels["slot"]) for s in families["gcfork_gc_frozen_objects"]}
+    assert ("template", "0") in roles and ("worker", "0") in roles, roles
+    assert report["master"]["pid"] > 0
