@@ -9,7 +9,8 @@ with ``metrics_bind`` or ``metrics_textfile`` set.
 Labels stay bounded: a process is named by its role and its *slot*, never
 its pid. A worker's slot is the adapter's (gunicorn's: 0 to workers - 1, a
 respawned worker takes the slot of the one it replaces); a process the
-adapter gives no slot is numbered by age within its role (the oldest 0).
+adapter gives no slot takes the lowest number its role has free, oldest
+first.
 When two processes of one role hold one slot (a HUP forks the new worker
 before the old one leaves), the younger one's figures are shown.
 
@@ -52,17 +53,19 @@ class Series(NamedTuple):
 
 def series(report: Report, slot_of: SlotOf) -> list[Series]:
     """The report's processes with their labels, one per (role, slot), in report order."""
-    by_label: dict[tuple[str, int], ProcessRow] = {}
     # Oldest first, so that the younger of two processes holding one slot wins
     # and the processes without a slot are numbered by age.
     aged = sorted(report.rows, key=lambda r: (r.memory.started or 0.0, r.pid))
-    rank: dict[str, int] = {}
+    slots = {id(row): slot_of(row.pid) for row in aged}
+    by_label: dict[tuple[str, int], ProcessRow] = {
+        (row.role, slot): row for row in aged if (slot := slots[id(row)]) is not None}
+    # Then the others take the lowest free numbers of their role: a worker the
+    # adapter has not given its slot yet (the sample saw its pid before
+    # gunicorn's table did) does not push a slotted worker's series out.
     for row in aged:
-        slot = slot_of(row.pid)
-        if slot is None:
-            slot = rank.get(row.role, 0)
-            rank[row.role] = slot + 1
-        by_label[(row.role, slot)] = row
+        if slots[id(row)] is None:
+            free = next(n for n in range(len(aged) + 1) if (row.role, n) not in by_label)
+            by_label[(row.role, free)] = row
     kept = {id(row): label for label, row in by_label.items()}
     return [Series(*kept[id(r)], r) for r in report.rows if id(r) in kept]
 

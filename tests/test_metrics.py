@@ -21,6 +21,9 @@ from prometheus_client.samples import Sample
 
 from gcfork.config import resolve
 from gcfork.exceptions import ConfigError
+from gcfork.fleet import series
+from gcfork.memory import ClusterTotals, MemorySample
+from gcfork.report import ProcessRow, Report
 from gcfork.tools.server import GunicornProcess
 from tests.conftest import StartServer, smaps_rollup, wait_for
 from tests.test_fork import _run_pool
@@ -222,7 +225,7 @@ def test_statsd_gauges_go_out_under_gunicorns_prefix(start_server: StartServer) 
         port = listener.getsockname()[1]
         conf = (CONF.format(settings="") +
                 f"statsd_host = '127.0.0.1:{port}'\nstatsd_prefix = 'shop'\n")
-        start_server(conf, workers=2)
+        server = start_server(conf, workers=2)
         gauges: dict[str, float] = {}
 
         def received() -> bool:
@@ -241,6 +244,7 @@ def test_statsd_gauges_go_out_under_gunicorns_prefix(start_server: StartServer) 
             return wanted <= set(gauges)
 
         wait_for(received, what="gcfork's gauges from statsd")
+        server.stop()
     assert gauges["shop.gcfork.cluster.pss"] < gauges["shop.gcfork.cluster.rss"]
     assert gauges["shop.gcfork.worker.0.uss"] > 0
 
@@ -256,6 +260,7 @@ def test_a_server_without_metrics_never_imports_prometheus_client(
                               workers=1)
         wait_for(lambda: "gcfork: memory: 1 worker" in server.log(), what="a sampled report")
         status, body = server.get("/modules")
+        server.stop()  # while statsd listens: a refused send is logged with a traceback
     assert status == 200
     loaded = [m for m in json.loads(body)["modules"] if m.startswith(("prometheus_client",
                                                                        "gcfork.prometheus"))]
@@ -284,3 +289,17 @@ def test_a_multiprocessing_pool_template_writes_the_textfile(tmp_path: Path) -> 
     roles = {(s.labels["role"], s.labels["slot"]) for s in families["gcfork_gc_frozen_objects"]}
     assert ("template", "0") in roles and ("worker", "0") in roles, roles
     assert report["master"]["pid"] > 0
+
+
+def test_labels_stay_bounded_and_unique() -> None:
+    # Master unslotted; workers 10 and 11 hold slot 0 during a HUP (the
+    # younger is shown); 13 was sampled before gunicorn's table listed it, so
+    # it has no slot yet and takes a free number, not slot 0 or 1.
+    def row(role: str, pid: int) -> ProcessRow:
+        return ProcessRow(role, MemorySample(pid, 1, float(pid), 1, 1, 1, 0), None)
+
+    rows = (row("master", 1), row("worker", 10), row("worker", 11), row("worker", 12),
+            row("worker", 13))
+    report = Report(1, 1, 0.0, None, rows, ClusterTotals(5, 0, 4, 5, 5, 5, 1.0, 0.0))
+    labels = [(s.role, s.slot, s.row.pid) for s in series(report, {10: 0, 11: 0, 12: 1}.get)]
+    assert labels == [("master", 0, 1), ("worker", 0, 11), ("worker", 1, 12), ("worker", 2, 13)]

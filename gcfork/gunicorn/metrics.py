@@ -39,8 +39,8 @@ def start_exports(server: Any, sampler: Sampler, policy: Policy,
     # gauge() sends "<prefix><name>:<value>|g" over its UDP socket.
     if getattr(server.cfg, "statsd_host", None) and callable(getattr(server.log, "gauge", None)):
         sampler.subscribe(lambda report: _send_gauges(server.log, report, slot_of))
-        server.log.info("gcfork: memory gauges sent to statsd %s at every sample",
-                        server.cfg.statsd_host)
+        server.log.info("gcfork: memory gauges sent to statsd at every sample, prefix %r",
+                        getattr(server.log, "prefix", ""))
     return exporter
 
 
