@@ -105,6 +105,19 @@ def _check_immortalize(resolved: Mapping[str, Resolved]) -> None:
                           reason)
 
 
+def _check_metrics_bind(resolved: Mapping[str, Resolved]) -> None:
+    """Refuse a non-loopback ``metrics_bind`` unless ``metrics_allow_remote``:
+    checked once both are resolved, since either may come from the environment."""
+    bind = resolved[METRICS_BIND.name]
+    if bind.value is None or resolved[METRICS_ALLOW_REMOTE.name].value:
+        return
+    host, _ = validate.split_host_port(bind.value)
+    if not validate.is_loopback(host):
+        raise ConfigError(METRICS_BIND.name, bind.value, METRICS_BIND.allowed, bind.source,
+                          f"{host} is not a loopback address; set metrics_allow_remote=True "
+                          "to serve the figures beyond this host")
+
+
 # -- the declarations -----------------------------------------------------------
 
 MODE: Setting[Mode] = Setting(
@@ -393,12 +406,75 @@ otherwise be restarted in a loop, each replacement building them again.
 Ignored while ``max_worker_private`` is None.""",
 )
 
+# -- Fleet metrics (issue 12: Prometheus, textfile, statsd) --------------------
+
+METRICS_BIND: Setting[str | None] = Setting(
+    name="metrics_bind",
+    section="Fleet metrics",
+    default=None,
+    validator=validate.host_port,
+    from_env=validate.env_text,
+    allowed=("None (no HTTP endpoint) or 'host:port', e.g. '127.0.0.1:9464' or '[::1]:9464'; "
+             "a non-loopback host only with metrics_allow_remote"),
+    env_syntax="host:port, e.g. 127.0.0.1:9464; empty for None",
+    doc="""\
+Serve the cluster's figures in Prometheus' text format at
+``http://HOST:PORT/metrics``, from a thread of the master (the template),
+from the sampler's last sample: no request measures anything. Port ``0``
+takes a free port; the master logs the address it bound either way. Needs
+``prometheus_client`` (``pip install 'gcfork[metrics]'``), imported only
+when this or ``metrics_textfile`` is set.
+
+Only ``localhost`` and loopback addresses are accepted, since the figures
+describe the server's processes; any other host (including ``0.0.0.0`` and
+host names, which are not resolved) is refused at start unless
+``metrics_allow_remote`` is true. If the address cannot be bound at run
+time, the master logs it at ERROR and the server runs without the endpoint.
+See ``docs/fleet.md`` for the metrics and their labels.""",
+)
+
+METRICS_ALLOW_REMOTE: Setting[bool] = Setting(
+    name="metrics_allow_remote",
+    section="Fleet metrics",
+    default=False,
+    validator=validate.boolean,
+    from_env=validate.env_bool,
+    allowed="True or False",
+    env_syntax="1/0, true/false, yes/no or on/off",
+    doc="""\
+Let ``metrics_bind`` take a host that is not loopback (``0.0.0.0``, a LAN
+address, a host name). The endpoint has no authentication: put it behind a
+firewall or a network only the scraper reaches.""",
+)
+
+METRICS_TEXTFILE: Setting[str | None] = Setting(
+    name="metrics_textfile",
+    section="Fleet metrics",
+    default=None,
+    validator=validate.optional_textfile,
+    from_env=validate.env_text,
+    allowed="None or an absolute path ending in .prom, in an existing directory",
+    env_syntax="an absolute path ending in .prom; empty for None",
+    doc="""\
+Write the same metrics to this file after every sample, for node_exporter's
+textfile collector (``--collector.textfile.directory``). The file is
+replaced atomically: the master writes a hidden temporary file in the same
+directory and renames it over the path, so a reader sees the previous
+sample or the new one, never part of one. gcfork neither creates nor changes
+the directory. The file is mode 0640, owned by the master's user and group:
+a node_exporter running as another user reads it if it is in the file's
+group (make the directory setgid and group-owned by node_exporter's group,
+and new files take that group). A write that fails is logged at ERROR (once
+per distinct failure) and the server goes on.""",
+)
+
 SETTINGS: Mapping[str, Setting[Any]] = {
     s.name: s
     for s in (
         MODE, THRESHOLDS, COLLECT_BEFORE_FREEZE, REPORT_INTERVAL, STATS_DIR,
         WARMUP, WARMUP_HOST, IMMORTALIZE, FAST_EXIT,
         MAX_WORKER_PRIVATE, RECYCLE_MIN_AGE,
+        METRICS_BIND, METRICS_ALLOW_REMOTE, METRICS_TEXTFILE,
     )
 }
 """Every setting, by name, in the order the reference docs list them."""
@@ -442,6 +518,7 @@ def resolve(
         else:
             out[name] = Resolved(setting.default, "default")
     _check_immortalize(out)
+    _check_metrics_bind(out)
     return out
 
 

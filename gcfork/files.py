@@ -101,8 +101,8 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_private(dir_fd: int, name: str, data: bytes) -> None:
-    """Write ``data`` as ``name`` in ``dir_fd``, mode 0600, atomically.
+def write_private(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` as ``name`` in ``dir_fd``, mode ``mode`` (0600), atomically.
 
     Raises:
         OSError: the directory is gone, full or not writable.
@@ -113,6 +113,8 @@ def write_private(dir_fd: int, name: str, data: bytes) -> None:
     fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)  # exactly this mode, whatever the umask
             write_all(fd, data)
         finally:
             os.close(fd)

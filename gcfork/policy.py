@@ -41,6 +41,9 @@ class Policy:
     fast_exit: bool
     max_worker_private: int | None
     recycle_min_age: float
+    metrics_bind: str | None
+    metrics_allow_remote: bool
+    metrics_textfile: str | None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -80,6 +83,11 @@ class Policy:
     @property
     def exits_fast(self) -> bool:
         return self.changes_gc and self.fast_exit
+
+    @property
+    def exports_metrics(self) -> bool:
+        """Whether the template exports Prometheus metrics (endpoint or textfile)."""
+        return self.metrics_bind is not None or self.metrics_textfile is not None
 
     @property
     def ignored(self) -> list[str]:

@@ -51,6 +51,7 @@ from typing import Callable
 
 from gcfork import actions, immortal, memory, procfs
 from gcfork.exceptions import ConfigError, ImmortalizeUnsupported, StatsDirError
+from gcfork.fleet import Exporter
 from gcfork.lifecycle import LIFECYCLE
 from gcfork.policy import Policy
 from gcfork.report import WORKER, Member, Sampler, TableRenderer, collect
@@ -115,6 +116,7 @@ class PoolRuntime:
         self.stats: StatsDir | None = None
         self.collector = GCCollector()
         self.sampler: Sampler | None = None
+        self.exporter: Exporter | None = None
         self.publisher: Publisher | None = None
         self.template_pid = 0
         # In a child: the thresholds the policy asked for it (None: the interpreter's).
@@ -144,6 +146,10 @@ class PoolRuntime:
                                    self._template_record, self.log.info,
                                    policy.report_interval)
             self.sampler.start()
+            # A pool gives its children no slot (numbered by age) and recycles none.
+            self.exporter = Exporter(policy, self.sampler, lambda pid: None, dict,
+                                     self.log.info, self.log.error)
+            self.exporter.start()
         LIFECYCLE.child_info = child_info
         LIFECYCLE.on_child = on_child or self.child_forked
         LIFECYCLE.on_first_freeze = self._first_freeze
@@ -195,6 +201,8 @@ class PoolRuntime:
         try:
             if self.sampler is not None:
                 stopped = self.sampler.stop()
+            if self.exporter is not None:
+                self.exporter.stop()
             report = self.sampler.last if self.sampler is not None else None
             if report is None:
                 report = collect(pid, members, stats.path)
@@ -213,7 +221,8 @@ class PoolRuntime:
     def child_forked(self) -> None:
         """Child, inside os.fork() (the lifecycle's ``on_child``): quick steps
         only, never a thread or a log line."""
-        self.sampler = None  # the template's thread does not run here
+        self.sampler = None  # the template's threads do not run here
+        self.exporter = None
         self.publisher = None
         self.collector.reset()
         self._wanted = LIFECYCLE.child_thresholds

@@ -342,8 +342,8 @@ class Sampler:
        ``watcher``.
     """
 
-    __slots__ = ("_dir", "_interval", "_last_error", "_log", "_members", "_pid", "_record",
-                 "_stop", "_thread", "_tick", "_watcher", "last")
+    __slots__ = ("_dir", "_interval", "_last_error", "_listeners", "_log", "_members", "_pid",
+                 "_record", "_stop", "_thread", "_tick", "_watcher", "last")
 
     def __init__(self, template_pid: int, stats_dir: StatsDir, members: MembersOf,
                  template_record: Callable[[], StatsRecord], log: Callable[[str], object],
@@ -359,7 +359,18 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._last_error = ""
         self._watcher = watcher
+        self._listeners: list[Callable[[Report], object]] = []
         self.last: Report | None = None
+
+    def subscribe(self, listener: Callable[[Report], object]) -> None:
+        """Call ``listener(report)`` in the sampler's thread after every periodic
+        sample (not :meth:`sample_now`'s), in the order subscribed. It must be
+        quick and handle its own failures; one it raises is logged like a
+        failed sample. It may subscribe while the thread runs.
+
+        .. versionadded:: 0.4
+        """
+        self._listeners.append(listener)
 
     @property
     def sample_every(self) -> float:
@@ -449,6 +460,8 @@ class Sampler:
                     if self._interval > 0 and now >= next_line:
                         next_line = now + self._interval
                         self._log(LogLineRenderer()(report))
+                    for listener in self._listeners:
+                        listener(report)
                 self._last_error = ""
             except Exception as exc:  # the server must not lose its sampler
                 if self._stop.is_set():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import ipaddress
 import math
 import operator
 import os
@@ -32,10 +33,14 @@ __all__ = [
     "env_text",
     "env_thresholds",
     "host",
+    "host_port",
+    "is_loopback",
     "mode",
     "optional_dir",
+    "optional_textfile",
     "seconds",
     "size",
+    "split_host_port",
     "threshold_tuple",
     "thresholds",
     "warmup",
@@ -187,6 +192,55 @@ def optional_dir(value: object) -> str | None:
         raise ValueError("the path cannot be encoded for the file system") from None
     if not os.path.isabs(path):
         raise ValueError("the path must be absolute: workers may change directory")
+    return path
+
+
+def host_port(value: object) -> str | None:
+    """``host:port`` (``[v6]:port`` for IPv6), returned as given; port 0 picks a free one."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a 'host:port' string, got {type(value).__name__}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("no 'host:' before the port")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r:.20} is not a number from 0 to 65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    if not bare or any(c in bare for c in "[]/ "):
+        raise ValueError(f"host {host!r:.60} is not a name or an address")
+    if ":" in bare and not bracketed:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:9464")
+    return value
+
+
+def split_host_port(bind: str) -> tuple[str, int]:
+    """A :func:`host_port` value's host (without brackets) and port."""
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address. Other names are
+    not resolved here: what they resolve to can change, so they count as remote."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def optional_textfile(value: object) -> str | None:
+    """An absolute ``*.prom`` path in an existing directory (node_exporter reads only those)."""
+    path = optional_dir(value)
+    if path is None:
+        return None
+    if not path.endswith(".prom"):
+        raise ValueError("node_exporter's textfile collector reads only files named *.prom")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise ValueError("its directory does not exist (gcfork does not create it)")
     return path
 
 

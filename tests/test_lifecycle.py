@@ -29,7 +29,12 @@ def _states(server: object, path: str, wanted: int) -> dict[int, dict[str, objec
     seen: dict[int, dict[str, object]] = {}
 
     def enough() -> bool:
-        status, body = server.get(path)  # type: ignore[attr-defined]
+        try:
+            status, body = server.get(path)  # type: ignore[attr-defined]
+        except ConnectionRefusedError:
+            # A daemon writes its pidfile before on_starting and before it
+            # listens: the test may knock in between.
+            return False
         assert status == 200, body
         state = json.loads(body)
         seen[state["pid"]] = state

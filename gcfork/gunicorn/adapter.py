@@ -14,18 +14,18 @@ import time
 import traceback
 from typing import Any, Callable
 
-from gcfork import actions, fastexit, immortal, memory, procfs
+from gcfork import actions, fastexit, memory, procfs
 from gcfork.exceptions import (
     ConfigError,
-    ImmortalizeUnsupported,
     StartupError,
     StatsDirError,
     ThresholdsRefused,
 )
 from gcfork.gunicorn.kinds import CountingASGI, WorkerKind, count_requests, kind_of, kinds_line
+from gcfork.gunicorn.metrics import Exporter, start_exports
 from gcfork.gunicorn.recycling import GunicornRecycler
 from gcfork.gunicorn.roles import DIRTY_ARBITER, DIRTY_WORKER, MASTER, WORKER, members
-from gcfork.gunicorn.warming import warm_up_master
+from gcfork.gunicorn.warming import immortalize_master, warm_up_master
 from gcfork.lifecycle import LIFECYCLE
 from gcfork.policy import Policy
 from gcfork.report import Sampler, TableRenderer, collect, worker_exit_line
@@ -68,6 +68,9 @@ class Adapter:
         self.sampler: Sampler | None = None
         self.recycler: GunicornRecycler | None = None
         self.publisher: Publisher | None = None
+        # Master: the fleet exports (gcfork.gunicorn.metrics); the workers
+        # recycled by reason, which they show, are counted by the recycler.
+        self.exporter: Exporter | None = None
         # Worker: gunicorn's exit status, read before the user's worker_exit
         # hook runs (an exception it raises would hide it).
         self._exit_status: int | None = None
@@ -221,6 +224,12 @@ class Adapter:
         self.stats.publish(master_record())
         self.sampler.start()
         self._measure_when_stopping(server, self.sampler)
+        self.exporter = start_exports(server, self.sampler, self.policy,
+                                      lambda: self._slot_of_age, self._recycles)
+
+    def _recycles(self) -> dict[str, int]:
+        """Master: workers recycled on private memory, by reason (for the metrics)."""
+        return dict(self.recycler.engine.recycles) if self.recycler is not None else {}
 
     def _measure_when_stopping(self, server: Any, sampler: Sampler) -> None:
         """Master: take the shutdown report as shutdown begins, while the
@@ -273,6 +282,8 @@ class Adapter:
         try:
             if self.sampler is not None:
                 self.sampler.stop()
+            if self.exporter is not None:
+                self.exporter.stop()
             last = self.sampler.last if self.sampler is not None else None
             report = last if last is not None else collect(pid, members, self.stats.path)
             server.log.info("gcfork: report at shutdown (sampled %.0fs before):\n%s",
@@ -312,20 +323,7 @@ class Adapter:
             # Once: a later walk would cost a third of the first for the few
             # objects the master made since, and would make immortal, so
             # never free, the bookkeeping of every worker that comes and goes.
-            self._immortalize(server)
-
-    def _immortalize(self, server: Any) -> None:
-        try:
-            result = immortal.immortalize_heap()
-        except ImmortalizeUnsupported as exc:
-            server.log.error("gcfork: %s; workers share the frozen heap without it", exc)
-            return
-        server.log.info(
-            "gcfork: made %d objects of the master immortal (%d left mortal: finalizers, "
-            "frames) in %.3fs; master RSS %+.1f MiB",
-            result.objects, result.skipped, result.seconds,
-            (result.rss_after - result.rss_before) / 2**20,
-        )
+            immortalize_master(server)
 
     def _take_slot(self, server: Any, age: int) -> int:
         live = sorted((w.age for w in server.WORKERS.values()), reverse=True)

@@ -19,6 +19,7 @@ import gc
 import math
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ from gcfork.config import SETTINGS
 from gcfork.exceptions import ConfigError
 from gcfork.policy import Policy
 from gcfork.typing import WorkerInfo
-from gcfork.validate import MODES
+from gcfork.validate import MODES, is_loopback, split_host_port
 from tests.torture.harness import start_server
 
 NAMES: tuple[str, ...] = tuple(SETTINGS)
@@ -193,7 +194,30 @@ def interpreter_refuses(policy: Policy) -> Outcome:
     min_age = policy.recycle_min_age
     if not isinstance(min_age, float) or not 0 <= min_age < math.inf:
         return Outcome(BAD_ACCEPT, f"recycle_min_age={_safe_repr(min_age)}")
-    return Outcome(ACCEPTED)
+    return _metrics_refused(policy) or Outcome(ACCEPTED)
+
+
+def _metrics_refused(policy: Policy) -> Outcome | None:
+    """What the fleet exporter would fail on in a policy that was accepted."""
+    if not isinstance(policy.metrics_allow_remote, bool):
+        return Outcome(BAD_ACCEPT, f"metrics_allow_remote={policy.metrics_allow_remote!r}")
+    bind = policy.metrics_bind
+    if bind is not None:
+        try:
+            host, port = split_host_port(bind)
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_NUMERICHOST if host != "localhost" else 0)
+        except (ValueError, OSError, UnicodeError) as exc:
+            if policy.metrics_allow_remote and isinstance(exc, socket.gaierror):
+                return None  # a host name, resolved only when the master binds
+            return Outcome(BAD_ACCEPT, f"metrics_bind={_safe_repr(bind)}: {_describe(exc)}")
+        if not policy.metrics_allow_remote and not is_loopback(host):
+            return Outcome(BAD_ACCEPT, f"metrics_bind={_safe_repr(bind)} is not loopback")
+    path = policy.metrics_textfile
+    if path is not None and (not isinstance(path, str) or not os.path.isabs(path)
+                             or not path.endswith(".prom")):
+        return Outcome(BAD_ACCEPT, f"metrics_textfile={_safe_repr(path)}")
+    return None
 
 
 # -- strategies ---------------------------------------------------------------------
@@ -307,6 +331,10 @@ SPECIFIC: dict[str, st.SearchStrategy[Any]] = {
     "max_worker_private": st.integers(-10, 2**70) | HUGE_INTS | FLOATS
     | st.from_regex(r" ?[0-9]{0,40}(\.[0-9]{0,5})? ?[KMGTkmgti]{0,2}[Bb]? ?", fullmatch=True),
     "recycle_min_age": FLOATS | st.integers(-10, 2**70) | HUGE_INTS,
+    # Fleet metrics (issue 12).
+    "metrics_bind": TEXT | st.from_regex(r"[a-z0-9.\-\[\]:]{0,20}:[0-9]{0,6}", fullmatch=True),
+    "metrics_allow_remote": st.booleans() | HUGE_INTS,
+    "metrics_textfile": _PATHS | _PATHS.map(lambda p: p + ".prom") | st.builds(Path, _PATHS),
 }
 
 def _in_an_environment(text: str) -> bool:
@@ -333,6 +361,8 @@ VALID_ENV_TEXT: dict[str, str] = {
     "report_interval": "7", "stats_dir": "/tmp/gcfork-fuzz", "warmup": "/",
     "warmup_host": "example.com", "immortalize": "false", "fast_exit": "true",
     "max_worker_private": "300MiB", "recycle_min_age": "5",
+    "metrics_bind": "127.0.0.1:9464", "metrics_allow_remote": "true",
+    "metrics_textfile": "/tmp/gcfork-fuzz.prom",
 }
 
 
