@@ -151,6 +151,9 @@ def test_uvicorn_ends_by_sigterm_after_publishing_its_final_record(
     server = start_server(text, workers=2, app=app)
     for _ in range(30):
         assert server.get("/reference")[0] == 200
+    # One worker may have taken all 30: concurrent slow requests reach both,
+    # so whichever the master stops has served some.
+    worker_states(server, 2)
     victim = server.worker_pids()[0]
     server.signal(signal.SIGTTOU)  # the master stops one worker with SIGTERM
     wait_for(lambda: victim in exit_lines(server.log()), what="the victim's exit line")
