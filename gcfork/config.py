@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from gcfork import immortal, validate
 from gcfork.exceptions import ConfigError, short_repr
+from gcfork.fleet_settings import (
+    MAX_WORKER_PRIVATE,
+    METRICS_ALLOW_REMOTE,
+    METRICS_BIND,
+    METRICS_TEXTFILE,
+    RECYCLE_MIN_AGE,
+)
+from gcfork.setting import Setting
 from gcfork.typing import (
     Mode,
     Thresholds,
@@ -38,56 +45,6 @@ __all__ = [
     "settings_markdown",
     "worker_thresholds",
 ]
-
-T = TypeVar("T")
-
-
-
-@dataclass(frozen=True)
-class Setting(Generic[T]):
-    """The one declaration of a setting.
-
-    Args:
-        name: keyword of :func:`gcfork.install`; the environment variable is
-            ``GCFORK_`` followed by the name in upper case.
-        section: heading under which the reference docs list the setting.
-        default: value used when neither ``install()`` nor the environment sets it.
-        validator: coerces a value given to ``install()`` or parsed from the
-            environment, raising ValueError/TypeError to refuse it.
-        from_env: parses the environment variable's text into a value for the
-            validator; raises ValueError to refuse it.
-        allowed: what the setting accepts, in words; quoted in every error.
-        env_syntax: what the environment variable accepts, in words.
-        doc: what the setting does, for the reference docs.
-    """
-
-    name: str
-    section: str
-    default: T
-    validator: Callable[[object], T]
-    from_env: Callable[[str], object]
-    allowed: str
-    env_syntax: str
-    doc: str
-
-    @property
-    def env(self) -> str:
-        return "GCFORK_" + self.name.upper()
-
-    def validate(self, value: object, source: str) -> T:
-        try:
-            return self.validator(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(self.name, value, self.allowed, source, str(exc)) from exc
-
-    def parse_env(self, text: str) -> T:
-        source = f"environment variable {self.env}"
-        try:
-            raw = self.from_env(text.strip())
-        except ValueError as exc:
-            raise ConfigError(self.name, text, self.env_syntax, source, str(exc)) from exc
-        return self.validate(raw, source)
-
 
 def _check_immortalize(resolved: Mapping[str, Resolved]) -> None:
     """Refuse ``immortalize`` where it cannot run, unless mode ``off`` ignores it.
@@ -355,117 +312,6 @@ database connections are dropped without a goodbye). The standard streams and
 ``logging`` handlers are flushed first. gunicorn's exit status is kept, so a
 worker that fails to boot (3) or to load the app (4) still stops the master.
 Ignored in mode ``off``.""",
-)
-
-# -- Recycling workers on private memory (issue 12, item 3) ---------------------
-
-MAX_WORKER_PRIVATE: Setting[int | None] = Setting(
-    name="max_worker_private",
-    section="Recycling workers",
-    default=None,
-    validator=validate.size,
-    from_env=validate.env_size,
-    allowed=("None (off), an int of bytes > 0, or a size such as '300MiB', '1.5GiB' or "
-             "'500MB' (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
-    env_syntax="a size such as 300MiB, 1.5GiB, 500MB or 314572800; empty or 'none' for off",
-    doc="""\
-Recycle a worker whose private memory (USS: the pages no other process maps)
-stays above this size: when two consecutive samples of the master's sampler
-find it above, the master sends that worker ``SIGTERM``, gunicorn's graceful
-stop (the worker finishes its requests, within ``graceful_timeout`` for the
-kinds that keep several), and gunicorn forks its replacement. ``None`` (the
-default) never recycles.
-
-USS, not RSS: RSS counts the pages a worker shares with the master, so the
-better the sharing the sooner an RSS limit fires on a healthy worker; USS is
-what a worker's exit gives back (``docs/fleet.md``). At most one worker is
-in recycle at a time (the next is considered once it has exited), and none
-younger than ``recycle_min_age``. Each recycle is one line in the master's
-log (pid, slot, USS in both samples, the bound).
-
-While it is set the sampler measures the cluster every 2 s (instead of every
-``report_interval``, at most 30 s), so a worker is asked to stop 2 to 4 s
-after it crosses the bound; the log line keeps its ``report_interval``.
-Measuring costs about 1 ms per worker (a ``smaps_rollup`` read), in a thread
-of the master. Workers only: the master, gunicorn's dirty arbiter and its
-dirty workers are never recycled.""",
-)
-
-RECYCLE_MIN_AGE: Setting[float] = Setting(
-    name="recycle_min_age",
-    section="Recycling workers",
-    default=60.0,
-    validator=validate.seconds,
-    from_env=validate.env_float,
-    allowed="a number of seconds >= 0",
-    env_syntax="a number of seconds >= 0",
-    doc="""\
-A worker younger than this is never recycled by ``max_worker_private``,
-whatever its USS: an app that builds its caches in its first minute would
-otherwise be restarted in a loop, each replacement building them again.
-Ignored while ``max_worker_private`` is None.""",
-)
-
-# -- Fleet metrics (issue 12: Prometheus, textfile, statsd) --------------------
-
-METRICS_BIND: Setting[str | None] = Setting(
-    name="metrics_bind",
-    section="Fleet metrics",
-    default=None,
-    validator=validate.host_port,
-    from_env=validate.env_text,
-    allowed=("None (no HTTP endpoint) or 'host:port', e.g. '127.0.0.1:9464' or '[::1]:9464'; "
-             "a non-loopback host only with metrics_allow_remote"),
-    env_syntax="host:port, e.g. 127.0.0.1:9464; empty for None",
-    doc="""\
-Serve the cluster's figures in Prometheus' text format at
-``http://HOST:PORT/metrics``, from a thread of the master (the template),
-from the sampler's last sample: no request measures anything. Port ``0``
-takes a free port; the master logs the address it bound either way. Needs
-``prometheus_client`` (``pip install 'gcfork[metrics]'``), imported only
-when this or ``metrics_textfile`` is set.
-
-Only ``localhost`` and loopback addresses are accepted, since the figures
-describe the server's processes; any other host (including ``0.0.0.0`` and
-host names, which are not resolved) is refused at start unless
-``metrics_allow_remote`` is true. If the address cannot be bound at run
-time, the master logs it at ERROR and the server runs without the endpoint.
-See ``docs/fleet.md`` for the metrics and their labels.""",
-)
-
-METRICS_ALLOW_REMOTE: Setting[bool] = Setting(
-    name="metrics_allow_remote",
-    section="Fleet metrics",
-    default=False,
-    validator=validate.boolean,
-    from_env=validate.env_bool,
-    allowed="True or False",
-    env_syntax="1/0, true/false, yes/no or on/off",
-    doc="""\
-Let ``metrics_bind`` take a host that is not loopback (``0.0.0.0``, a LAN
-address, a host name). The endpoint has no authentication: put it behind a
-firewall or a network only the scraper reaches.""",
-)
-
-METRICS_TEXTFILE: Setting[str | None] = Setting(
-    name="metrics_textfile",
-    section="Fleet metrics",
-    default=None,
-    validator=validate.optional_textfile,
-    from_env=validate.env_text,
-    allowed="None or an absolute path ending in .prom, in an existing directory",
-    env_syntax="an absolute path ending in .prom; empty for None",
-    doc="""\
-Write the same metrics to this file after every sample, for node_exporter's
-textfile collector (``--collector.textfile.directory``). The file is
-replaced atomically: the master writes a hidden temporary file in the same
-directory and renames it over the path, so a reader sees the previous
-sample or the new one, never part of one. gcfork neither creates nor changes
-the directory. The file is mode 0640, owned by the master's user and group:
-a node_exporter running as another user reads it if it is in the file's
-group (make the directory setgid and group-owned by node_exporter's group,
-and new files take that group). A write that fails is logged at ERROR (once
-per distinct failure) and the server goes on.""",
 )
 
 SETTINGS: Mapping[str, Setting[Any]] = {
