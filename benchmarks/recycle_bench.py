@@ -69,7 +69,7 @@ def run(variant: str, conf: str, requests: int, leak_every: int, rate: float,
         failed = 0
         start = time.monotonic()
         for i in range(requests):
-            # Paced: the sampler reacts in 2 to 4 s, so the leak's speed decides
+            # Paced: the sampler reacts within about a second, so the leak's speed decides
             # the overshoot; unpaced, this load leaks ~40 MiB/s per worker.
             time.sleep(max(start + i / rate - time.monotonic(), 0.0))
             status, _ = server.get("/leak" if i % leak_every == 0 else "/reference", timeout=30)

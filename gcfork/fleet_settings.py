@@ -41,11 +41,13 @@ better the sharing the sooner an RSS limit fires on a healthy worker; USS is
 what a worker's exit gives back (``docs/fleet.md``). At most one worker is
 in recycle at a time (the next is considered once it has exited), and none
 younger than ``recycle_min_age``. Each recycle is one line in the master's
-log (pid, slot, USS in both samples, the bound).
+log (pid, slot, USS in both samples and their distance, the bound).
 
 While it is set the sampler measures the cluster every 2 s (instead of every
-``report_interval``, at most 30 s), so a worker is asked to stop 2 to 4 s
-after it crosses the bound; the log line keeps its ``report_interval``.
+``report_interval``, at most 30 s), sooner when a worker's growth would carry
+it over the bound before the next sample, and confirms a worker seen above
+0.5 s later: a worker is asked to stop within about a second of crossing the
+bound. The log line keeps its ``report_interval``.
 Measuring costs about 1 ms per worker (a ``smaps_rollup`` read), in a thread
 of the master. Workers only: the master, gunicorn's dirty arbiter and its
 dirty workers are never recycled.""",

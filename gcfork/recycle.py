@@ -3,7 +3,15 @@
 A worker is recycled when its USS (the pages no other process maps, what its
 exit gives back) is above the bound ``max_worker_private`` in two consecutive
 samples of the template's sampler: one sample above can be a request's
-temporary peak, two in a row a worker that keeps what it took. RSS is not the
+temporary peak, two in a row a worker that keeps what it took.
+
+The sampler measures every :data:`SAMPLE_EVERY` seconds, but the recycler
+asks for the next sample sooner (:meth:`Recycler.next_sample_in`) in two
+cases, so that a worker ends within one sample's growth of the bound rather
+than two: a worker whose growth since the previous sample would carry it
+over the bound before the next one is measured when it should cross (not
+sooner than :data:`LOOK_AHEAD_MIN`), and a worker seen above is measured
+again :data:`CONFIRM_AFTER` later. RSS is not the
 figure: it counts the pages a worker shares with the template, so it grows
 with good sharing as much as with a leak (``docs/fleet.md``).
 
@@ -22,14 +30,22 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["PRIVATE_MEMORY", "SAMPLE_EVERY", "Candidate", "Recycle", "Recycler"]
+__all__ = ["CONFIRM_AFTER", "LOOK_AHEAD_MIN", "PRIVATE_MEMORY", "SAMPLE_EVERY", "Candidate",
+           "Recycle", "Recycler"]
 
 PRIVATE_MEMORY = "private_memory"
 """The reason of a recycle for ``max_worker_private`` (a label of the count)."""
 
 SAMPLE_EVERY = 2.0
 """Seconds between two samples of the cluster while ``max_worker_private`` is
-set: a worker is asked to stop 2 to 4 s after it crosses the bound."""
+set and no worker is near the bound."""
+
+CONFIRM_AFTER = 0.5
+"""Seconds from a sample that saw a worker above the bound to the one that
+confirms it: a peak shorter than this is not a reason to recycle."""
+
+LOOK_AHEAD_MIN = 0.25
+"""The shortest wait for a sample timed at a worker's predicted crossing."""
 
 
 class Candidate(NamedTuple):
@@ -50,6 +66,7 @@ class Recycle(NamedTuple):
     uss_before: int  # bytes, in the previous sample
     uss_now: int  # bytes, in this sample
     bound: int  # bytes
+    apart: float  # seconds between the two samples
 
 
 class Recycler:
@@ -65,13 +82,23 @@ class Recycler:
     life of the template.
     """
 
-    __slots__ = ("_above", "_in_recycle", "recycles")
+    __slots__ = ("_above", "_in_recycle", "_next", "_seen", "recycles")
 
     def __init__(self) -> None:
         # USS of the workers above the bound in the previous sample, by identity.
         self._above: dict[tuple[int, int], int] = {}
+        # (age, USS) of every worker in the previous sample, by identity: its growth.
+        self._seen: dict[tuple[int, int], tuple[float, int]] = {}
         self._in_recycle: tuple[int, int] | None = None
+        self._next: float | None = None
         self.recycles: Counter[str] = Counter()
+
+    def next_sample_in(self) -> float | None:
+        """Seconds from the last sample to the next one the decision needs:
+        :data:`CONFIRM_AFTER` while an old enough worker above the bound awaits
+        its second sample, the time to a worker's predicted crossing, else
+        :data:`SAMPLE_EVERY`; None when no bound is set."""
+        return self._next
 
     @property
     def in_recycle(self) -> tuple[int, int] | None:
@@ -94,11 +121,14 @@ class Recycler:
             an earlier one is still stopping.
         """
         previous = self._above
+        seen = self._seen
         self._above = {} if bound is None else {
             (w.pid, w.start): w.uss for w in workers if w.uss > bound}
+        self._seen = {(w.pid, w.start): (w.age, w.uss) for w in workers}
         if self._in_recycle is not None and all(
                 (w.pid, w.start) != self._in_recycle for w in workers):
             self._in_recycle = None  # gone: the next may be considered
+        self._next = None if bound is None else self._pace(workers, seen, bound, min_age)
         if bound is None or self._in_recycle is not None:
             return None
         ready = [w for w in workers
@@ -107,8 +137,9 @@ class Recycler:
         if not ready:
             return None
         chosen = max(ready, key=lambda w: w.uss)
-        return Recycle(chosen.pid, chosen.start, PRIVATE_MEMORY,
-                       previous[(chosen.pid, chosen.start)], chosen.uss, bound)
+        identity = (chosen.pid, chosen.start)
+        return Recycle(chosen.pid, chosen.start, PRIVATE_MEMORY, previous[identity], chosen.uss,
+                       bound, chosen.age - seen[identity][0])
 
     def started(self, recycle: Recycle) -> None:
         """The worker was asked to stop: hold the others back until it is gone,
@@ -116,3 +147,23 @@ class Recycler:
         self._in_recycle = (recycle.pid, recycle.start)
         self._above.pop(self._in_recycle, None)
         self.recycles[recycle.reason] += 1
+        self._next = SAMPLE_EVERY
+
+    def _pace(self, workers: Sequence[Candidate], seen: dict[tuple[int, int], tuple[float, int]],
+              bound: int, min_age: float) -> float:
+        """The wait to the next sample, from this one (see :meth:`next_sample_in`)."""
+        if self._in_recycle is not None:
+            return SAMPLE_EVERY  # nothing is decided until it is gone
+        wait = SAMPLE_EVERY
+        for w in workers:
+            if w.age + SAMPLE_EVERY < min_age:
+                continue  # too young to be recycled by the next regular sample
+            if (w.pid, w.start) in self._above:
+                wait = min(wait, max(CONFIRM_AFTER, min_age - w.age))
+                continue
+            before = seen.get((w.pid, w.start))
+            if before is None or w.age <= before[0] or w.uss <= before[1]:
+                continue  # no growth to extrapolate
+            rate = (w.uss - before[1]) / (w.age - before[0])  # bytes per second
+            wait = min(wait, max(LOOK_AHEAD_MIN, (bound - w.uss) / rate))
+        return wait

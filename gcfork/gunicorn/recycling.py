@@ -56,7 +56,10 @@ class GunicornRecycler:
         return None if worker is None else self._slots().get(worker.age)
 
     def every(self) -> float | None:
-        return SAMPLE_EVERY if self._policy().max_worker_private is not None else None
+        if self._policy().max_worker_private is None:
+            return None
+        # The engine's pace once it has seen a sample under this bound.
+        return self.engine.next_sample_in() or SAMPLE_EVERY
 
     def __call__(self, report: Report) -> None:
         policy = self._policy()
@@ -81,8 +84,8 @@ class GunicornRecycler:
             return  # it exited meanwhile; the next sample finds no streak
         self.engine.started(recycle)
         self._server.log.info(
-            "gcfork: recycling worker pid=%s slot=%s: USS %s then %s in two samples, above "
-            "max_worker_private=%s; sent SIGTERM (graceful stop), gunicorn forks its "
-            "replacement", recycle.pid, self.slot_of(recycle.pid),
-            format_bytes(recycle.uss_before), format_bytes(recycle.uss_now),
+            "gcfork: recycling worker pid=%s slot=%s: USS %s then %s in two samples %.1fs "
+            "apart, above max_worker_private=%s; sent SIGTERM (graceful stop), gunicorn forks "
+            "its replacement", recycle.pid, self.slot_of(recycle.pid),
+            format_bytes(recycle.uss_before), format_bytes(recycle.uss_now), recycle.apart,
             format_bytes(recycle.bound))
