@@ -29,6 +29,8 @@ from gcfork.policy import Policy
 from gcfork.report import ProcessRow, Report, Sampler
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from gcfork.prometheus import MetricsServer, TextfileWriter
 
 __all__ = ["Exporter", "Recycles", "Series", "SlotOf", "series", "statsd_gauges"]
@@ -111,8 +113,8 @@ class Exporter:
         log_info, log_error: the server's logger's methods.
     """
 
-    __slots__ = ("_log_error", "_log_info", "_policy", "_recycles", "_sampler", "_server",
-                 "_slot_of", "_textfile")
+    __slots__ = ("_log_error", "_log_info", "_policy", "_recycles", "_registry", "_sampler",
+                 "_server", "_slot_of", "_subscribed", "_textfile")
 
     def __init__(self, policy: Policy, sampler: Sampler, slot_of: SlotOf, recycles: Recycles,
                  log_info: Callable[[str], object], log_error: Callable[[str], object]) -> None:
@@ -122,44 +124,86 @@ class Exporter:
         self._recycles = recycles
         self._log_info = log_info
         self._log_error = log_error
+        self._registry: CollectorRegistry | None = None
         self._server: MetricsServer | None = None
         self._textfile: TextfileWriter | None = None
+        self._subscribed = False
 
     def start(self) -> None:
         """Template, once its sampler runs: bind the endpoint, subscribe the textfile."""
-        if not self._policy.exports_metrics:
+        self._apply(bind=self._policy.metrics_bind, textfile=self._policy.metrics_textfile)
+
+    def reconfigure(self, policy: Policy) -> None:
+        """Template, after a reload (``HUP``) settled a new policy: move the endpoint
+        and the textfile if their settings changed; the others stay as they are."""
+        old, self._policy = self._policy, policy
+        bind = policy.metrics_bind if policy.metrics_bind != old.metrics_bind else None
+        if old.metrics_bind is not None and policy.metrics_bind != old.metrics_bind:
+            self._close_endpoint()
+            self._log_info(f"gcfork: metrics endpoint {old.metrics_bind} closed (reload)")
+        textfile = None
+        if policy.metrics_textfile != old.metrics_textfile:
+            self._textfile = None  # the sampler's next write goes to the new file, if any
+            textfile = policy.metrics_textfile
+        self._apply(bind=bind, textfile=textfile)
+
+    def _apply(self, bind: str | None, textfile: str | None) -> None:
+        """Start what is given (None: leave that export alone)."""
+        if bind is None and textfile is None:
             return
+        registry = self._load_registry()
+        if registry is None:
+            return
+        from gcfork import prometheus
+
+        if bind is not None:
+            try:
+                self._server = prometheus.MetricsServer.start(bind, registry)
+            except OSError as exc:
+                self._log_error(f"gcfork: cannot serve metrics on {bind}: {exc}; the server "
+                                "goes on without the endpoint")
+            else:
+                self._log_info(f"gcfork: metrics at {self._server.url} (pid {os.getpid()})")
+        if textfile is not None:
+            self._textfile = prometheus.TextfileWriter(textfile, registry, self._log_error)
+            if not self._subscribed:  # once: the writer in force is read at every sample
+                self._sampler.subscribe(self._write_textfile)
+                self._subscribed = True
+            self._log_info(f"gcfork: metrics written to {textfile} at every sample")
+
+    def _load_registry(self) -> CollectorRegistry | None:
+        """The registry of gcfork's collector, importing prometheus_client the
+        first time an export needs it; None (logged) if it is not installed."""
+        if self._registry is not None:
+            return self._registry
         try:
             from gcfork import prometheus
         except ImportError as exc:
             self._log_error(f"gcfork: metrics not exported: {exc} (pip install "
                             "'gcfork[metrics]' installs prometheus_client)")
-            return
+            return None
+        self._registry = prometheus.registry(lambda: self._sampler.last, self._slot_of,
+                                             self._recycles, self._info)
+        return self._registry
+
+    def _info(self) -> dict[str, str]:
         from gcfork import __version__
 
-        info = {"version": str(__version__), "mode": self._policy.mode,
+        return {"version": str(__version__), "mode": self._policy.mode,
                 "python": ".".join(map(str, sys.version_info[:3]))}
-        registry = prometheus.registry(lambda: self._sampler.last, self._slot_of,
-                                       self._recycles, info)
-        if self._policy.metrics_bind is not None:
-            try:
-                self._server = prometheus.MetricsServer.start(self._policy.metrics_bind, registry)
-            except OSError as exc:
-                self._log_error(f"gcfork: cannot serve metrics on {self._policy.metrics_bind}: "
-                                f"{exc}; the server goes on without the endpoint")
-            else:
-                self._log_info(f"gcfork: metrics at {self._server.url} (pid {os.getpid()})")
-        if self._policy.metrics_textfile is not None:
-            self._textfile = prometheus.TextfileWriter(self._policy.metrics_textfile, registry,
-                                                       self._log_error)
-            self._sampler.subscribe(self._textfile.write)
-            self._log_info(f"gcfork: metrics written to {self._policy.metrics_textfile} "
-                           "at every sample")
+
+    def _write_textfile(self, report: Report) -> None:
+        writer = self._textfile
+        if writer is not None:
+            writer.write(report)
+
+    def _close_endpoint(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(Exception):  # the endpoint is going: nothing to tell
+                server.stop()
 
     def stop(self) -> None:
         """Template, at exit: close the endpoint (the textfile stays, as node_exporter
         expects; its sample time says how old it is)."""
-        server, self._server = self._server, None
-        if server is not None:
-            with contextlib.suppress(Exception):  # exiting: nothing left to tell
-                server.stop()
+        self._close_endpoint()

@@ -44,18 +44,20 @@ class ClusterCollector:
         last: returns the sampler's last report (None before the first).
         slot_of: the adapter's slots (:data:`gcfork.fleet.SlotOf`).
         recycles: the adapter's recycle counts by reason.
-        info: labels of ``gcfork_info`` (version, mode, python).
+        info: labels of ``gcfork_info`` (version, mode, python), read at each
+            collect (a reload can change the mode).
     """
 
     def __init__(self, last: Callable[[], Report | None], slot_of: SlotOf, recycles: Recycles,
-                 info: Mapping[str, str]) -> None:
+                 info: Callable[[], Mapping[str, str]]) -> None:
         self._last = last
         self._slot_of = slot_of
         self._recycles = recycles
-        self._info = dict(info)
+        self._info = info
 
     def collect(self) -> Iterator[Metric]:
-        yield InfoMetricFamily("gcfork", "gcfork's version, mode and Python", value=self._info)
+        yield InfoMetricFamily("gcfork", "gcfork's version, mode and Python",
+                               value=dict(self._info()))
         recycles = CounterMetricFamily(
             "gcfork_worker_recycles", "Workers gcfork asked to stop, by reason",
             labels=["reason"])
@@ -114,7 +116,7 @@ class ClusterCollector:
 
 
 def registry(last: Callable[[], Report | None], slot_of: SlotOf, recycles: Recycles,
-             info: Mapping[str, str]) -> CollectorRegistry:
+             info: Callable[[], Mapping[str, str]]) -> CollectorRegistry:
     """A registry of gcfork's collector alone (not the process-wide default one)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(ClusterCollector(last, slot_of, recycles, info))

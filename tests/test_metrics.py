@@ -280,6 +280,38 @@ def test_an_address_in_use_is_logged_and_the_server_goes_on(start_server: StartS
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], errors
 
 
+def test_a_hup_moves_the_endpoint_and_the_textfile(start_server: StartServer,
+                                                  tmp_path: Path) -> None:
+    first, second = tmp_path / "first.prom", tmp_path / "second.prom"
+    server = start_server(CONF.format(settings="metrics_bind=None"), workers=1)
+    config = Path(server.config)
+
+    def reload(old: str, new: str) -> None:
+        text = config.read_text()
+        assert old in text
+        config.write_text(text.replace(old, new))
+        server.signal(signal.SIGHUP)
+
+    # Nothing exported, then both, without a restart.
+    reload("metrics_bind=None", f"metrics_bind='127.0.0.1:0', metrics_textfile={str(first)!r}")
+    url = metrics_url(server)
+    wait_for(lambda: "gcfork_process_memory_bytes" in scrape(url), what="a scrape")
+    wait_for(first.exists, what="the first textfile")
+    # The endpoint closed and the textfile moved: the first file is no longer written.
+    reload(f"metrics_bind='127.0.0.1:0', metrics_textfile={str(first)!r}",
+           f"metrics_bind=None, metrics_textfile={str(second)!r}")
+    wait_for(second.exists, what="the second textfile")
+    wait_for(lambda: "metrics endpoint 127.0.0.1:0 closed (reload)" in server.log(),
+             what="the closing line")
+    with pytest.raises(OSError):
+        scrape(url)
+    written = first.stat().st_mtime_ns
+    time.sleep(1.5)  # three samples at report_interval=0.5
+    assert first.stat().st_mtime_ns == written
+    assert second.stat().st_mtime_ns > written
+    assert server.get("/gc")[0] == 200
+
+
 def test_a_multiprocessing_pool_template_writes_the_textfile(tmp_path: Path) -> None:
     path = tmp_path / "pool.prom"
     env = {"GCFORK_METRICS_TEXTFILE": str(path), "GCFORK_REPORT_INTERVAL": "0.1"}

@@ -131,6 +131,8 @@ class Adapter:
             return
         self._settle(server, None)
         server.log.info(self.policy.describe(preload=bool(server.cfg.preload_app)))
+        if self.exporter is not None:
+            self.exporter.reconfigure(self.policy)
 
     def dirty_worker_init(self, worker: Any) -> None:
         """Dirty worker, after loading its dirty apps: publish its GC record,
