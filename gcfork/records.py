@@ -17,6 +17,7 @@ library only (the platform through :mod:`gcfork.procfs`).
 from __future__ import annotations
 
 import _thread
+import bisect
 import contextlib
 import gc
 import json
@@ -25,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gcfork import files, procfs
@@ -36,12 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "PAUSE_BUCKETS",
     "PUBLISH_INTERVAL",
     "SCHEMA_VERSION",
     "GCCollector",
     "GenStats",
     "Publisher",
     "StatsRecord",
+    "pause_quantile",
 ]
 
 SCHEMA_VERSION = 1
@@ -49,6 +52,10 @@ SCHEMA_VERSION = 1
 
 MAX_RECORD_BYTES = 16 * 1024
 """A record is a few hundred bytes; anything over this bound is not ours."""
+
+PAUSE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Upper bounds, in seconds, of the pause histogram's buckets; a last bucket
+counts the longer pauses. Fixed, so that histograms of several processes add up."""
 
 PUBLISH_INTERVAL = 2.0
 """Seconds between two records of one worker."""
@@ -86,11 +93,18 @@ class StatsRecord(NamedTuple):
     generations: tuple[GenStats, ...]
     final: bool = False  # written by the process as it exits
     uss_at_exit: int | None = None  # bytes, measured by the process as it exits
+    # Collections of every generation by pause, one count per PAUSE_BUCKETS
+    # bucket and one for longer; empty from a writer that kept none.
+    pauses: tuple[int, ...] = ()
 
     @property
     def collections(self) -> int:
         """Collections of every generation."""
         return sum(g.collections for g in self.generations)
+
+    def pause_quantile(self, q: float) -> float | None:
+        """See :func:`pause_quantile`."""
+        return pause_quantile(self.pauses, q, self.pause_max)
 
     @property
     def pause_max(self) -> float:
@@ -112,6 +126,7 @@ class StatsRecord(NamedTuple):
                 "thresholds": list(self.thresholds),
                 "freeze_count": self.freeze_count,
                 "generations": [g._asdict() for g in self.generations],
+                "pauses": list(self.pauses),
             },
             "final": self.final,
             "uss_at_exit": self.uss_at_exit,
@@ -189,9 +204,31 @@ class StatsRecord(NamedTuple):
                 generations=gens,
                 final=_bool(top.get("final", False), "final"),
                 uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
+                pauses=_pauses(gc_part.get("pauses", [])),
             )
         except KeyError as exc:
             raise ValueError(f"malformed record (no {exc})") from None
+
+
+def pause_quantile(counts: Sequence[int], q: float, longest: float) -> float | None:
+    """The pause at quantile ``q`` (0 to 1) of a histogram over :data:`PAUSE_BUCKETS`,
+    as the upper bound of its bucket (``longest`` past the last bound, and never
+    more than it); None for no collections."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for bound, count in zip((*PAUSE_BUCKETS, math.inf), counts):
+        seen += count
+        if seen >= rank and count:
+            return min(bound, longest)
+    return longest
+
+
+def _pauses(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) not in (0, len(PAUSE_BUCKETS) + 1):
+        raise ValueError(f"pauses is not a list of {len(PAUSE_BUCKETS) + 1} counts")
+    return tuple(_int(n, "pauses") for n in value)
 
 
 def _dict(value: object, name: str) -> dict[str, Any]:
@@ -248,10 +285,11 @@ class GCCollector:
     it calls :meth:`reset` first.
     """
 
-    __slots__ = ("_gens", "_ident", "_t0")
+    __slots__ = ("_gens", "_ident", "_pauses", "_t0")
 
     def __init__(self) -> None:
         self._gens: list[list[float]] = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
+        self._pauses = [0] * (len(PAUSE_BUCKETS) + 1)
         self._t0 = 0.0
         self._ident: tuple[int, int, float] = (0, 0, 0.0)  # pid, start, started
 
@@ -268,6 +306,7 @@ class GCCollector:
     def reset(self) -> None:
         """Forget every count (in a child right after the fork)."""
         self._gens = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
+        self._pauses = [0] * (len(PAUSE_BUCKETS) + 1)
 
     def _callback(self, phase: str, info: Mapping[str, int]) -> None:
         if phase == "start":
@@ -281,6 +320,7 @@ class GCCollector:
         gen[3] += pause
         if pause > gen[4]:
             gen[4] = pause
+        self._pauses[bisect.bisect_left(PAUSE_BUCKETS, pause)] += 1
 
     def snapshot(self) -> tuple[GenStats, ...]:
         """The counts now, one entry per generation."""
@@ -307,7 +347,8 @@ class GCCollector:
         return StatsRecord(
             role=role, pid=pid, start=start, started=started, written=time.time(),
             requests=requests, gc_enabled=gc.isenabled(), thresholds=gc.get_threshold(),
-            freeze_count=gc.get_freeze_count(), generations=self.snapshot(), **extra,
+            freeze_count=gc.get_freeze_count(), generations=self.snapshot(),
+            pauses=tuple(self._pauses), **extra,
         )
 
 

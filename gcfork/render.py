@@ -57,7 +57,8 @@ class TableRenderer:
 
     __slots__ = ("_unit",)
 
-    _HEAD = ("ROLE", "PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "MAX PAUSE")
+    _HEAD = ("ROLE", "PID", "AGE", "REQS", "RSS", "PSS", "USS", "SHARED", "GC", "P99 PAUSE",
+             "MAX PAUSE")
 
     def __init__(self, unit: str = "MiB") -> None:
         format_bytes(0, unit)  # a unit it does not know fails here, not at the first report
@@ -74,7 +75,8 @@ class TableRenderer:
             row.role, str(m.pid), format_age(row.age(now)), format_count(row.requests),
             self._size(m.rss), self._size(m.pss), self._size(m.uss),
             format_percent(m.shared_percent),
-            gc_cell, MISSING if s is None or not s.collections else format_ms(s.pause_max),
+            gc_cell, _p99(s),
+            MISSING if s is None or not s.collections else format_ms(s.pause_max),
             m.problem or "",
         ]
 
@@ -91,9 +93,9 @@ class TableRenderer:
         table = [[*self._HEAD, ""]]
         table += [self._row(r, report.taken) for r in report.rows]
         table.append(["TOTAL", "", "", _sum_requests(report), self._size(t.sum_rss),
-                      self._size(t.sum_pss), self._size(t.sum_uss), "", "", "", ""])
+                      self._size(t.sum_pss), self._size(t.sum_uss), "", "", "", "", ""])
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        left = {0, 10}
+        left = {0, len(self._HEAD)}
         for i, cells in enumerate(table):
             if i == len(table) - 1:
                 lines.append("  ".join("-" * w for w in widths[:-1]))
@@ -105,6 +107,13 @@ class TableRenderer:
                          f"{format_percent(t.mean_worker_shared_percent)} of its RSS shared.")
         lines += [f"note: {n}" for n in report.notes]
         return "\n".join(lines)
+
+
+def _p99(stats: StatsRecord | None) -> str:
+    """99 % of the collections paused at most this long (a histogram bucket's
+    bound, hence the sign)."""
+    p99 = None if stats is None else stats.pause_quantile(0.99)
+    return MISSING if p99 is None else "<=" + format_ms(p99)
 
 
 def _sum_requests(report: Report) -> str:
@@ -199,8 +208,10 @@ def worker_exit_line(pid: int, record: StatsRecord | None, age: float | None,
     elif not record.collections:
         gc_part = "0 GC collections"
     else:
+        p99 = record.pause_quantile(0.99)
         gc_part = (f"{plural(record.collections, 'GC collection')}, "
-                   f"max pause {format_ms(record.pause_max)}")
+                   + ("" if p99 is None else f"99 % of pauses <= {format_ms(p99)}, ")
+                   + f"max pause {format_ms(record.pause_max)}")
     if record is None or record.requests is None:
         requests = "- requests"
     else:

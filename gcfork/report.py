@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol
 from gcfork import memory
 from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
+from gcfork.records import PAUSE_BUCKETS
 from gcfork.render import JSONRenderer, LogLineRenderer, TableRenderer, json_safe, worker_exit_line
 from gcfork.stats import StatsDir, StatsRecord, advertised
 from gcfork.units import format_age, format_bytes, format_percent, plural
@@ -210,6 +211,9 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
             "freeze_count": s.freeze_count,
             "collections": s.collections,
             "pause_max": s.pause_max,
+            "pause_p99": s.pause_quantile(0.99),
+            "pauses": [{"le": bound, "count": count} for bound, count
+                       in zip((*PAUSE_BUCKETS, None), s.pauses)],
             "generations": [g._asdict() for g in s.generations],
             "published": s.written,
         }

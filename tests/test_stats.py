@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import json
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from gcfork import files
 from gcfork.exceptions import CowProfileError
 from gcfork.memory import process_start
+from gcfork.records import PAUSE_BUCKETS, pause_quantile
 from gcfork.stats import (
     MAX_RECORD_BYTES,
     SCHEMA_VERSION,
@@ -72,6 +74,44 @@ def test_collector_counts_collections_and_pauses(collector: GCCollector) -> None
     arbiter = collector.record("dirty-arbiter", None)
     assert StatsRecord.loads(arbiter.dumps()) == arbiter
     assert "dirty_arbiter_pid" not in arbiter.to_json()
+
+
+def test_pauses_are_kept_as_a_histogram(collector: GCCollector) -> None:
+    gc.disable()  # only the collections below
+    try:
+        collector.reset()
+        for _ in range(50):
+            gc.collect(0)  # a young generation of a few objects: well under 1 ms
+        # One long collection: a million tracked objects the collector must traverse.
+        heap = [[] for _ in range(1_000_000)]
+        gc.collect(2)
+        del heap
+        record = collector.record("worker", 1)
+    finally:
+        gc.enable()
+    assert sum(record.pauses) == record.collections == 51
+    assert len(record.pauses) == len(PAUSE_BUCKETS) + 1
+    longest = record.pause_max
+    assert longest > 0.005  # the traversal of a million objects, on any machine here
+    # Its bucket holds exactly the longest pause.
+    bucket = bisect.bisect_left(PAUSE_BUCKETS, longest)
+    assert record.pauses[bucket] >= 1
+    assert record.pause_quantile(0.5) == PAUSE_BUCKETS[0]
+    assert record.pause_quantile(1.0) == min((*PAUSE_BUCKETS, math.inf)[bucket], longest)
+    assert StatsRecord.loads(record.dumps()) == record
+    # A record from a writer that kept no histogram still reads, with none.
+    older = record.to_json()
+    del older["gc"]["pauses"]
+    assert StatsRecord.from_json(older).pause_quantile(0.99) is None
+
+
+def test_pause_quantiles_are_bucket_bounds_never_above_the_longest() -> None:
+    counts = [90, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1]  # 1 ms, 10 ms, over 1 s
+    assert pause_quantile(counts, 0.5, 2.5) == 0.001
+    assert pause_quantile(counts, 0.95, 2.5) == 0.01
+    assert pause_quantile(counts, 0.999, 2.5) == 2.5
+    assert pause_quantile([0, 3] + [0] * 9, 0.99, 0.0015) == 0.0015
+    assert pause_quantile([0] * 11, 0.99, 0.0) is None
 
 
 def test_directory_is_private_and_records_atomic(collector: GCCollector, tmp_path: Path) -> None:
@@ -282,6 +322,7 @@ BAD_FIELDS = [
     ("gc.generations.0.collections", 2**63), ("final", "yes"), ("uss_at_exit", -1),
     ("role", ""), ("role", "Master"), ("role", "worker one"), ("role", "x" * 33),
     ("role", "worker\u200b"), ("gc", []), ("schema", True),
+    ("gc.pauses", [1, 2]), ("gc.pauses", "many"), ("gc.pauses", [-1] * 11),
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from gcfork.config import STATS_DIR
 from gcfork.exceptions import BenchError, GcforkError, ServerError
 from gcfork.gunicorn.roles import members
+from gcfork.records import PAUSE_BUCKETS, pause_quantile
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.stats import PUBLISH_INTERVAL
 from gcfork.tools.bench.results import Checkpoint, Run
@@ -157,6 +158,9 @@ def figures(report: Report) -> dict[str, Any]:
     totals = report.totals
     collections = [w.gc_collections for w in report.workers if w.gc_collections is not None]
     pauses = [w.gc_max_pause for w in report.workers if w.gc_max_pause is not None]
+    # The workers' histograms add up: their buckets are the same.
+    histograms = [w.stats.pauses for w in report.workers if w.stats is not None and w.stats.pauses]
+    merged = [sum(column) for column in zip(*histograms)]
     return {
         "workers": totals.workers,
         "cluster_pss": totals.sum_pss,
@@ -167,6 +171,9 @@ def figures(report: Report) -> dict[str, Any]:
         "master_rss": report.template.memory.rss,
         "gc_collections": sum(collections) if collections else None,
         "gc_max_pause": max(pauses) if pauses else None,
+        "gc_pause_p50": pause_quantile(merged, 0.5, max(pauses)) if merged and pauses else None,
+        "gc_pause_p99": pause_quantile(merged, 0.99, max(pauses)) if merged and pauses else None,
+        "gc_pauses_over_20ms": sum(merged[PAUSE_BUCKETS.index(0.02) + 1:]) if merged else None,
     }
 
 

@@ -32,6 +32,9 @@ ROWS: Sequence[tuple[str, str, Callable[[float], str]]] = (
     ("mean worker shared", "mean_worker_shared_pct", format_percent),
     ("master RSS", "master_rss", format_bytes),
     ("GC collections (workers)", "gc_collections", format_count),
+    ("GC pause p50 (<=)", "gc_pause_p50", format_ms),
+    ("GC pause p99 (<=)", "gc_pause_p99", format_ms),
+    ("GC pauses > 20 ms", "gc_pauses_over_20ms", format_count),
     ("GC max pause", "gc_max_pause", format_ms),
 )
 
