@@ -10,6 +10,7 @@ import gc
 import sys
 from typing import Callable, NamedTuple
 
+from gcfork import settle
 from gcfork.exceptions import ThresholdsRefused
 from gcfork.typing import Thresholds
 
@@ -197,12 +198,15 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return fn
 
 
-def enable_in_worker(thresholds: Thresholds | None, enable: bool = True) -> GCState:
+def enable_in_worker(thresholds: Thresholds | None, enable: bool = True,
+                     settles: bool = False) -> GCState:
     """Worker, right after the fork: set the thresholds, turn the collector on.
 
     Args:
         thresholds: the worker's thresholds; None keeps the current ones.
         enable: False leaves the collector off (mode ``disable``).
+        settles: freeze the worker's own heap once it has settled
+            (``thresholds="auto"``, :mod:`gcfork.settle`).
 
     Returns:
         The collector's state read back afterwards, as proof.
@@ -219,6 +223,8 @@ def enable_in_worker(thresholds: Thresholds | None, enable: bool = True) -> GCSt
         except (OverflowError, ValueError, TypeError) as exc:
             refused = exc
     if enable:
+        if settles:
+            settle.install()
         gc.enable()
     else:
         gc.disable()

@@ -135,7 +135,8 @@ class ForkLifecycle:
                 thresholds = None
             self.child_thresholds = thresholds
             try:
-                actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+                actions.enable_in_worker(thresholds, enable=self.policy.workers_collect,
+                                         settles=self.policy.settles)
             except GcforkError as exc:
                 self.failure = f"a fork without a worker slot: {exc}"
         if self.on_child is not None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gcfork import actions
+from gcfork import actions, settle
 from gcfork.config import resolve, worker_thresholds
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, WorkerInfo
 from gcfork.units import format_bytes
@@ -73,6 +73,12 @@ class Policy:
         return self.mode == "freeze"
 
     @property
+    def settles(self) -> bool:
+        """Whether each worker freezes its own heap once it has settled
+        (``thresholds="auto"``, :mod:`gcfork.settle`)."""
+        return self.workers_collect and self.thresholds == "auto"
+
+    @property
     def warms_up(self) -> bool:
         return self.changes_gc and self.warmup is not None
 
@@ -108,6 +114,8 @@ class Policy:
             return None
         if self.thresholds is None:
             return actions.worker_default_thresholds()
+        if self.thresholds == "auto":
+            return settle.AUTO_THRESHOLDS
         if callable(self.thresholds):
             return worker_thresholds(self.thresholds, worker)
         thresholds: Thresholds = self.thresholds
@@ -130,6 +138,10 @@ class Policy:
             workers = f"worker thresholds=per worker from {name}() [{source('thresholds')}]"
         elif self.thresholds is None:
             workers = f"worker thresholds={actions.worker_default_thresholds()} [gcfork default]"
+        elif self.thresholds == "auto":
+            workers = (f"worker thresholds=auto: {settle.AUTO_THRESHOLDS}, each worker's heap "
+                       f"frozen after {settle.SETTLE_AFTER} full collections "
+                       f"[{source('thresholds')}]")
         else:
             workers = f"worker thresholds={self.thresholds} [{source('thresholds')}]"
         parts = [f"mode={self.mode} ({_MODE_MEANING[self.mode]}) [{source('mode')}]", workers]

@@ -239,7 +239,7 @@ class PoolRuntime:
                            info, os.getpid(), exc)
             return
         with contextlib.suppress(actions.ThresholdsRefused):  # start_child says so
-            actions.enable_in_worker(self._wanted)
+            actions.enable_in_worker(self._wanted, settles=self.policy.settles)
 
     def start_child(self, who: str, requests: Callable[[], int | None] = lambda: None) -> None:
         """Child, at the pool's first moment in it: log its GC state (ERROR if

@@ -41,8 +41,9 @@ class WorkerInfo:
 ThresholdsFn = Callable[[WorkerInfo], Thresholds]
 """A callable that chooses a worker's thresholds from its :class:`WorkerInfo`."""
 
-ThresholdsSetting = Union[None, Thresholds, ThresholdsFn]
-"""What the ``thresholds`` setting holds: None is gcfork's worker default."""
+ThresholdsSetting = Union[None, Thresholds, ThresholdsFn, Literal["auto"]]
+"""What the ``thresholds`` setting holds: None is gcfork's worker default,
+``"auto"`` short pauses (:mod:`gcfork.settle`)."""
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 """A WSGI application callable."""

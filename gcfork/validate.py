@@ -126,6 +126,8 @@ def _positional_arity(fn: Callable[..., object]) -> int | None:
 def thresholds(value: object) -> ThresholdsSetting:
     if value is None:
         return None
+    if value == "auto":
+        return "auto"
     if callable(value):
         arity = _positional_arity(value)
         if arity not in (None, 1):
@@ -151,6 +153,8 @@ def thresholds(value: object) -> ThresholdsSetting:
 def env_thresholds(text: str) -> object:
     if text.lower() in ("", "default"):
         return None
+    if text.lower() == "auto":
+        return "auto"
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:

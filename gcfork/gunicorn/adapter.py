@@ -15,12 +15,7 @@ import traceback
 from typing import Any, Callable
 
 from gcfork import actions, fastexit, memory, procfs
-from gcfork.exceptions import (
-    ConfigError,
-    StartupError,
-    StatsDirError,
-    ThresholdsRefused,
-)
+from gcfork.exceptions import ConfigError, StartupError, StatsDirError, ThresholdsRefused
 from gcfork.gunicorn.kinds import CountingASGI, WorkerKind, count_requests, kind_of, kinds_line
 from gcfork.gunicorn.metrics import Exporter, start_exports
 from gcfork.gunicorn.recycling import GunicornRecycler
@@ -467,7 +462,8 @@ class Adapter:
 
     def _enable(self, worker: Any, info: WorkerInfo, thresholds: Thresholds | None) -> None:
         try:
-            state = actions.enable_in_worker(thresholds, enable=self.policy.workers_collect)
+            state = actions.enable_in_worker(thresholds, self.policy.workers_collect,
+                                             self.policy.settles)
         except ThresholdsRefused as exc:
             state = actions.gc_state()
             worker.log.error("gcfork: worker slot=%s age=%s pid=%s: %s; GC %s with thresholds "
