@@ -76,7 +76,7 @@ def test_a_worker_freezes_its_heap_after_its_third_full_collection(minor: str) -
     # (a frozen object freed by its reference count leaves it: a few either way).
     assert all(abs(n - out["inherited"]) < 100 for n in fulls[:SETTLE_AFTER - 1]), out
     assert fulls[SETTLE_AFTER - 1] >= out["inherited"] + SETTLE_AFTER * 1000, out
-    assert fulls[SETTLE_AFTER:] == [fulls[SETTLE_AFTER - 1]] * len(fulls[SETTLE_AFTER:]), out
+    assert all(abs(n - fulls[SETTLE_AFTER - 1]) < 100 for n in fulls[SETTLE_AFTER:]), out
     # What the later rounds keep stays with the young generations: 7 rounds
     # of 1,001 lists, and none of the frozen ones.
     assert 7 * 1001 <= out["young"] < 7 * 1001 + 2000, out
