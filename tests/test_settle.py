@@ -91,6 +91,7 @@ preload_app = True
 def test_gunicorn_workers_settle_and_show_it(start_server: StartServer) -> None:
     server = start_server(CONF, workers=1)
     status, body = server.get("/gc")
+    assert status == 200, body
     first = json.loads(body)
     assert first["thresholds"] == list(AUTO_THRESHOLDS) and first["enabled"]
     assert "worker thresholds=auto: (700, 1, 1)" in server.log()

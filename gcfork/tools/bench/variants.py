@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gcfork.config import FAST_EXIT, IMMORTALIZE, MODE, WARMUP
+from gcfork.config import FAST_EXIT, IMMORTALIZE, MODE, THRESHOLDS, WARMUP
 from gcfork.tools.bench.workload import Example
 
 __all__ = ["VARIANTS", "Variant", "write_config"]
@@ -77,6 +77,10 @@ VARIANTS: Mapping[str, Variant] = {
                 "interpreter finalization"),
         Variant("beyond", {IMMORTALIZE.env: "1", FAST_EXIT.env: "1"},
                 "gcfork with warm-up, immortal heap and fast exit", warmup=True),
+        Variant("autothresh", {THRESHOLDS.env: "auto"},
+                "gcfork, thresholds=auto (each worker freezes its settled heap)"),
+        Variant("beyond-auto", {IMMORTALIZE.env: "1", FAST_EXIT.env: "1", THRESHOLDS.env: "auto"},
+                "beyond, with thresholds=auto", warmup=True),
     )
 }
 
