@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,15 @@ def uss(pid: int) -> int:
     """Bytes only this process maps: private clean + private dirty."""
     fields = smaps_rollup(pid)
     return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+@contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """Freeze the processes (SIGSTOP) so that their figures cannot move while read."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

@@ -11,8 +11,6 @@ import stat
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from gcfork.fleet import series
 from gcfork.memory import ClusterTotals, MemorySample
 from gcfork.report import ProcessRow, Report
 from gcfork.tools.server import GunicornProcess
-from tests.conftest import StartServer, smaps_rollup, wait_for
+from tests.conftest import StartServer, smaps_rollup, stopped, wait_for
 from tests.test_fork import _run_pool
 
 CONF = """
@@ -52,17 +50,6 @@ def metrics_url(server: GunicornProcess) -> str:
 def memory_of(families: Scrape, role: str, slot: int) -> dict[str, float]:
     return {s.labels["kind"]: s.value for s in families["gcfork_process_memory_bytes"]
             if s.labels["role"] == role and s.labels["slot"] == str(slot)}
-
-
-@contextmanager
-def stopped(pids: list[int]) -> Iterator[None]:
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def test_scraped_figures_match_smaps_rollup_within_2_percent(start_server: StartServer) -> None:

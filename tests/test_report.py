@@ -9,8 +9,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from gcfork.stats import (
     advertised,
 )
 from gcfork.tools.server import GunicornProcess
-from tests.conftest import StartServer, smaps_rollup, wait_for
+from tests.conftest import StartServer, smaps_rollup, stopped, wait_for
 
 CONF = """
 import gcfork; gcfork.install(globals(), report_interval={interval})
@@ -60,18 +58,6 @@ def with_stats(server: GunicornProcess, workers: int) -> Report:
 
     report: Report = wait_for(ready, what=f"{workers} workers' records")
     return report
-
-
-@contextmanager
-def stopped(pids: list[int]) -> Iterator[None]:
-    """Freeze the processes so that their figures cannot move."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def within(value: int | float | None, low: float, high: float, rel: float = 0.01) -> bool:
