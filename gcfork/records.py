@@ -35,11 +35,15 @@ if TYPE_CHECKING:
     from gcfork.stats import StatsDir
 
 __all__ = [
+    "MAX_PATHS",
+    "MAX_PATH_CHARS",
     "MAX_RECORD_BYTES",
     "PUBLISH_INTERVAL",
     "SCHEMA_VERSION",
+    "ByPath",
     "GCCollector",
     "GenStats",
+    "PathGrowth",
     "Publisher",
     "StatsRecord",
 ]
@@ -59,6 +63,17 @@ _ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 _PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
 _COUNT_MAX = (1 << 63) - 1
+_GROWTH_MAX = 1 << 62  # bytes, either way: beyond any machine
+
+MAX_PATHS = 32
+"""Paths one record holds at most, besides ``(other)`` (:mod:`gcfork.attribution`)."""
+
+MAX_PATH_CHARS = 120
+"""A path's length at most, once normalised (:func:`gcfork.attribution.normalise_path`)."""
+
+# A normalised path: printable ASCII without spaces (anything else is
+# percent-encoded before it is kept), so that no record can inject text into a table.
+_PATH = re.compile(rf"[\x21-\x7e]{{1,{MAX_PATH_CHARS}}}")
 
 
 class GenStats(NamedTuple):
@@ -69,6 +84,59 @@ class GenStats(NamedTuple):
     uncollectable: int
     pause_total: float  # seconds
     pause_max: float  # seconds
+
+
+class PathGrowth(NamedTuple):
+    """What the sampled requests of one path did to a worker's private memory."""
+
+    path: str  # normalised (gcfork.attribution.normalise_path), or "(other)"
+    samples: int  # sampled requests counted (>= 1)
+    total: int  # bytes: the sum of USS after - before; < 0 when memory was given back
+    max: int  # bytes: the largest difference of one sample
+
+    @property
+    def mean(self) -> float:
+        """Bytes of private memory per sampled request, on average."""
+        return self.total / self.samples
+
+
+class ByPath(NamedTuple):
+    """A worker's per-path attribution, published with its record.
+
+    .. versionadded:: 0.4
+    """
+
+    every: int  # attribute_every in force; 0 once switched off after a failure
+    sampled: int  # samples counted in ``paths``
+    overlapped: int  # samples dropped: another request of the worker ran meanwhile
+    paths: tuple[PathGrowth, ...]  # the biggest total growth first
+
+    def to_json(self) -> dict[str, Any]:
+        return {"every": self.every, "sampled": self.sampled, "overlapped": self.overlapped,
+                "paths": [p._asdict() for p in self.paths]}
+
+    @classmethod
+    def from_json(cls, obj: object) -> ByPath:
+        """Parse the ``by_path`` part of a record; every field typed and bounded.
+
+        Raises:
+            ValueError: why it is not valid, in words; KeyError for a missing field.
+        """
+        top = _dict(obj, "by_path")
+        entries = top["paths"]
+        if not isinstance(entries, list) or len(entries) > MAX_PATHS + 1:
+            raise ValueError(f"by_path.paths is not a list of at most {MAX_PATHS + 1} entries")
+        paths = []
+        for entry in (_dict(e, "by_path entry") for e in entries):
+            path = entry["path"]
+            if not isinstance(path, str) or not _PATH.fullmatch(path):
+                raise ValueError(f"path {path!r:.40} is not 1 to {MAX_PATH_CHARS} printable "
+                                 "ASCII characters")
+            paths.append(PathGrowth(path, _int(entry["samples"], "samples", 1),
+                                    _int(entry["total"], "total", -_GROWTH_MAX, _GROWTH_MAX),
+                                    _int(entry["max"], "max", -_GROWTH_MAX, _GROWTH_MAX)))
+        return cls(_int(top["every"], "every"), _int(top["sampled"], "sampled"),
+                   _int(top["overlapped"], "overlapped"), tuple(paths))
 
 
 class StatsRecord(NamedTuple):
@@ -86,6 +154,7 @@ class StatsRecord(NamedTuple):
     generations: tuple[GenStats, ...]
     final: bool = False  # written by the process as it exits
     uss_at_exit: int | None = None  # bytes, measured by the process as it exits
+    by_path: ByPath | None = None  # a worker's per-path attribution; None when off
 
     @property
     def collections(self) -> int:
@@ -115,6 +184,7 @@ class StatsRecord(NamedTuple):
             },
             "final": self.final,
             "uss_at_exit": self.uss_at_exit,
+            "by_path": None if self.by_path is None else self.by_path.to_json(),
         }
 
     def dumps(self) -> bytes:
@@ -153,6 +223,8 @@ class StatsRecord(NamedTuple):
         Raises:
             ValueError: not a valid record of this schema version, in words.
 
+        .. versionchanged:: 0.4
+           ``by_path`` (absent or null in older records).
         .. versionchanged:: 0.3
            Strict types and bounds; any role the adapter gives (a lowercase
            token); ``dirty_arbiter_pid`` is gone.
@@ -189,6 +261,8 @@ class StatsRecord(NamedTuple):
                 generations=gens,
                 final=_bool(top.get("final", False), "final"),
                 uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
+                by_path=(None if top.get("by_path") is None
+                         else ByPath.from_json(top["by_path"])),
             )
         except KeyError as exc:
             raise ValueError(f"malformed record (no {exc})") from None
@@ -301,7 +375,7 @@ class GCCollector:
         Args:
             role: the adapter's word for this process (e.g. ``worker``).
             requests: requests served so far; None for a process that serves none.
-            **extra: ``final``, ``uss_at_exit``.
+            **extra: ``final``, ``uss_at_exit``, ``by_path``.
         """
         pid, start, started = self._identity()
         return StatsRecord(
