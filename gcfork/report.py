@@ -231,6 +231,8 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
         "shared_percent": m.shared_percent,
         "problem": m.problem,
         "gc": gc_part,
+        "by_path": (None if row.stats is None or row.stats.by_path is None
+                    else row.stats.by_path.to_json()),
     }
 
 
