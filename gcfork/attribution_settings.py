@@ -26,7 +26,7 @@ ATTRIBUTE_EVERY: Setting[int] = Setting(
     validator=validate.one_in,
     from_env=validate.env_int,
     allowed=f"an int from 0 (off) to {validate.MAX_EVERY:,}: one request in that many is sampled",
-    env_syntax="an integer >= 0, e.g. 1000; 0 for off",
+    env_syntax=f"an integer from 0 (off) to {validate.MAX_EVERY}, e.g. 1000",
     doc="""\
 Attribute the growth of each worker's private memory (USS) to request
 paths: about one request in this many (chosen at random, so that a load

@@ -37,8 +37,12 @@ class RequestHooks:
         self.attribution: Attribution | None = None
 
     def start(self, worker: Any, every: int) -> None:
-        """Worker, in ``post_fork``: sample one request in ``every`` (0: none)."""
-        self.attribution = None if every <= 0 else Attribution(
+        """Worker, in ``post_fork``: sample one request in ``every`` (0: none),
+        if ``install()`` chained the request hooks (else the master warned)."""
+        from gcfork.gunicorn.hooks import chained  # it imports the adapter, which imports this
+
+        on = every > 0 and chained("pre_request")
+        self.attribution = None if not on else Attribution(
             every, on_error=lambda why: worker.log.warning("gcfork: %s", why))
 
     def pre_request(self, worker: Any, req: Any) -> None:
