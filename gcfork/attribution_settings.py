@@ -43,7 +43,9 @@ bigger one); the default, 1000, spreads that to about 2 us per request.
 Lower it to see a path sooner (a test, ``gcfork bench``), raise it for a
 worker of several GiB. gunicorn's own worker kinds (``sync``, ``gthread``,
 ``gevent``, ``tornado``, gunicorn 27's ``asgi``) call the hooks; uvicorn's
-worker does not, and shows no figures. A sample that overlapped another
+worker does not, and shows no figures; gunicorn 27's ``asgi`` worker,
+with a ``post_request`` hook, waits for each app call to return before it
+reads the next request of a keep-alive connection. A sample that overlapped another
 request of the same worker (threads, greenlets) is dropped and counted as
 such, since the growth could be either request's. The hooks are chained by
 ``install()``: a value that turns attribution on from gunicorn's

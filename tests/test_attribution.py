@@ -391,3 +391,31 @@ def test_the_cli_needs_a_target(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--by-path" in done.stderr
     done = _gcfork("explain", "--by-path", "--file", str(tmp_path / "x.json"))
     assert done.returncode == 2
+
+
+@pytest.mark.parametrize(("worker_class", "attributed"), [
+    ("asgi", True),  # gunicorn 27's own: calls the request hooks
+    ("uvicorn_worker.UvicornWorker", False),  # calls none: no figures, not empty ones
+])
+def test_asgi_kinds(start_server: StartServer, worker_class: str, attributed: bool) -> None:
+    if worker_class == "asgi":
+        pytest.importorskip("gunicorn.workers.gasgi")
+    else:
+        pytest.importorskip("uvicorn_worker")
+    server = start_server("import gcfork; gcfork.install(globals(), attribute_every=1)\n"
+                          f"preload_app = True\nworker_class = {worker_class!r}\n",
+                          workers=1, app="tests.apps.gcstate_asgi:app")
+    for i in range(4):
+        assert server.get(f"/gc?n={i}")[0] == 200
+    if attributed:
+        rows = {r["path"]: r for r in _cluster_by_path(server.pid, 4)["by_path"]["paths"]}
+        assert rows["/gc"]["samples"] == 4
+        return
+
+    def workers_published() -> list[dict[str, Any]]:
+        done = _gcfork("report", "--pid", str(server.pid), "--json")
+        workers = [p for p in json.loads(done.stdout)["processes"] if p["role"] == "worker"]
+        return [p for p in workers if p["requests"] == 4]
+
+    workers = wait_for(workers_published, timeout=30, what="the worker's record")
+    assert workers[0]["by_path"] is None

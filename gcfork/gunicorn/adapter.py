@@ -342,7 +342,7 @@ class Adapter:
         try:
             self._post_fork_gc(server, worker)
         finally:
-            REQUESTS.start(worker, self.policy.attribute_every)
+            REQUESTS.start(worker, self.policy.attribute_every, self.kind)
             # After the GC is set up, so that the first record shows it on.
             self._start_publishing(worker, WORKER)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from gcfork.attribution import Attribution
+from gcfork.gunicorn.kinds import WorkerKind
 from gcfork.policy import Policy
 from gcfork.records import ByPath
 
@@ -36,12 +37,15 @@ class RequestHooks:
         # Made in each worker by start(); None in the master and when off.
         self.attribution: Attribution | None = None
 
-    def start(self, worker: Any, every: int) -> None:
+    def start(self, worker: Any, every: int, kind: WorkerKind | None) -> None:
         """Worker, in ``post_fork``: sample one request in ``every`` (0: none),
-        if ``install()`` chained the request hooks (else the master warned)."""
+        if ``install()`` chained the request hooks (else the master warned)
+        and the worker's ``kind`` calls them (uvicorn's does not: no figures
+        rather than figures of no sample)."""
         from gcfork.gunicorn.hooks import chained  # it imports the adapter, which imports this
 
-        on = every > 0 and chained("pre_request")
+        calls_hooks = kind is None or kind.request_hooks
+        on = every > 0 and calls_hooks and chained("pre_request")
         self.attribution = None if not on else Attribution(
             every, on_error=lambda why: worker.log.warning("gcfork: %s", why))
 
