@@ -184,11 +184,12 @@ class Attribution:
         after = self._measure()
         if after is None:
             return
+        path = normalise_path(sample.path)  # outside the lock: other threads go on
         with self._lock:
             if self._started != sample.started:  # one began while USS was read
                 self._overlapped += 1
                 return
-            self._count(normalise_path(sample.path), after - sample.before)
+            self._count(path, after - sample.before)
 
     def _count(self, path: str, growth: int) -> None:
         # Under the lock.

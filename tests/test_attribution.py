@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,9 @@ def test_gthread_drops_the_samples_of_overlapping_requests(start_server: StartSe
     assert results == [200] * 4
     for _ in range(3):
         assert server.get("/leak")[0] == 200  # one at a time: counted
+        # The client has the response before the worker's thread has run
+        # post_request and read the USS: a request sent at once would overlap.
+        time.sleep(0.3)
     data = _cluster_by_path(server.pid, 3)
     by_path = data["by_path"]
     assert by_path["overlapped"] >= 3, by_path  # at least three of four overlapped the others
