@@ -18,6 +18,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gcfork.attribution import MAX_KEPT, OTHER, Attribution, merge, normalise_path, own_uss
 from gcfork.config import resolve
@@ -224,6 +226,32 @@ def _record_with(by_path: Any) -> bytes:
 def test_a_bad_by_path_makes_the_record_invalid(bad: object) -> None:
     with pytest.raises(ValueError):
         StatsRecord.loads(_record_with(bad))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+_GOOD = {"every": 10, "sampled": 1, "overlapped": 0,
+         "paths": [{"path": "/a", "samples": 1, "total": 5, "max": 5}]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(["every", "sampled", "overlapped", "paths", "path", "samples",
+                              "total", "max"]), value=_JSON)
+def test_any_json_in_by_path_is_a_record_or_a_value_error(field: str, value: object) -> None:
+    by_path: dict[str, Any] = json.loads(json.dumps(_GOOD))
+    if field in by_path:
+        by_path[field] = value
+    else:
+        by_path["paths"][0][field] = value
+    try:
+        record = StatsRecord.loads(_record_with(by_path))
+    except ValueError:
+        return
+    assert StatsRecord.loads(record.dumps()) == record  # accepted: written back the same
 
 
 def test_a_record_without_by_path_still_reads() -> None:
