@@ -112,16 +112,16 @@ def chain_into(namespace: MutableMapping[str, Any], per_request: bool = False) -
     """Put gcfork's hooks into a config file's ``namespace``, chained with the
     hooks it already holds, and chain those it defines later.
 
+    A hook of the user's that gunicorn would refuse (a wrong number of
+    arguments, not callable, an import path that does not import) is left as
+    it is, unchained: gunicorn then rejects it at load with its own message,
+    as it would without gcfork, instead of gcfork's signature hiding it.
+
     Args:
         namespace: the config file's globals.
         per_request: chain ``pre_request`` and ``post_request`` too
             (``attribute_every`` on); with no such hook of the user's, the
             one chained is gunicorn's default (it logs the request at debug).
-
-    A hook of the user's that gunicorn would refuse (a wrong number of
-    arguments, not callable, an import path that does not import) is left as
-    it is, unchained: gunicorn then rejects it at load with its own message,
-    as it would without gcfork, instead of gcfork's signature hiding it.
     """
     names = [*HOOK_ARITY, *(REQUEST_HOOK_ARITY if per_request else ())]
     _CHAINED.clear()
