@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gcfork import immortal, validate
+from gcfork.attribution_settings import ATTRIBUTE_EVERY
 from gcfork.exceptions import ConfigError, short_repr
 from gcfork.fleet_settings import (
     MAX_WORKER_PRIVATE,
@@ -328,7 +329,7 @@ SETTINGS: Mapping[str, Setting[Any]] = {
         MODE, THRESHOLDS, COLLECT_BEFORE_FREEZE, REPORT_INTERVAL, STATS_DIR,
         WARMUP, WARMUP_HOST, IMMORTALIZE, FAST_EXIT,
         MAX_WORKER_PRIVATE, RECYCLE_MIN_AGE,
-        METRICS_BIND, METRICS_ALLOW_REMOTE, METRICS_TEXTFILE,
+        METRICS_BIND, METRICS_ALLOW_REMOTE, METRICS_TEXTFILE, ATTRIBUTE_EVERY,
     )
 }
 """Every setting, by name, in the order the reference docs list them."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gcfork import actions, settle
+from gcfork.attribution_settings import DEFAULT_EVERY
 from gcfork.config import resolve, worker_thresholds
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, WorkerInfo
 from gcfork.units import format_bytes
@@ -44,6 +45,7 @@ class Policy:
     metrics_bind: str | None
     metrics_allow_remote: bool
     metrics_textfile: str | None
+    attribute_every: int
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -153,6 +155,9 @@ class Policy:
         if self.max_worker_private is not None:
             extras.append(f"max_worker_private={format_bytes(self.max_worker_private)} "
                           f"(workers older than {self.recycle_min_age:g}s)")
+        if self.attribute_every != DEFAULT_EVERY:
+            extras.append(f"attribute_every={self.attribute_every}"
+                          + (" (off)" if not self.attribute_every else ""))
         if extras:
             parts.append("also " + ", ".join(extras))
         if preload is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "rss",
     "start_time",
     "stat",
+    "uss",
 ]
 
 LINUX = sys.platform.startswith("linux")
@@ -215,6 +216,23 @@ def memory(pid: int) -> Memory:
     sums = _smaps_sums(_open_proc(pid, "smaps_rollup" if _ROLLUP else "smaps"))
     uss = sums.get(b"Private_Clean:", 0) + sums.get(b"Private_Dirty:", 0)
     return Memory(resident, sums.get(b"Pss:", 0), uss, sums.get(b"Swap:", 0))
+
+
+def uss(pid: int) -> int | None:
+    """``pid``'s USS (private clean + private dirty) in bytes, from one read of
+    ``smaps_rollup`` on Linux (no ``statm``, no ``stat``): what a worker reads
+    of itself around a sampled request (:mod:`gcfork.attribution`). None
+    where it cannot be had (no smaps, or psutil gives none).
+
+    Raises:
+        ProcessLookupError, PermissionError: as :func:`stat`.
+    """
+    if not LINUX:
+        return _memory_psutil(pid).uss
+    if not HAS_PSS:
+        return None
+    sums = _smaps_sums(_open_proc(pid, "smaps_rollup" if _ROLLUP else "smaps"))
+    return sums.get(b"Private_Clean:", 0) + sums.get(b"Private_Dirty:", 0)
 
 
 _WANTED = (b"Pss:", b"Private_Clean:", b"Private_Dirty:", b"Swap:")

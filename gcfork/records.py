@@ -17,7 +17,6 @@ library only (the platform through :mod:`gcfork.procfs`).
 from __future__ import annotations
 
 import _thread
-import bisect
 import contextlib
 import gc
 import json
@@ -26,25 +25,28 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gcfork import files, procfs
 from gcfork.memory import process_start
+from gcfork.pauses import PAUSE_BUCKETS, bucket_of, pause_counts, pause_quantile
 
 if TYPE_CHECKING:
     from gcfork.stats import StatsDir
 
 __all__ = [
+    "MAX_PATHS",
+    "MAX_PATH_CHARS",
     "MAX_RECORD_BYTES",
-    "PAUSE_BUCKETS",
     "PUBLISH_INTERVAL",
     "SCHEMA_VERSION",
+    "ByPath",
     "GCCollector",
     "GenStats",
+    "PathGrowth",
     "Publisher",
     "StatsRecord",
-    "pause_quantile",
 ]
 
 SCHEMA_VERSION = 1
@@ -52,10 +54,6 @@ SCHEMA_VERSION = 1
 
 MAX_RECORD_BYTES = 16 * 1024
 """A record is a few hundred bytes; anything over this bound is not ours."""
-
-PAUSE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-"""Upper bounds, in seconds, of the pause histogram's buckets; a last bucket
-counts the longer pauses. Fixed, so that histograms of several processes add up."""
 
 PUBLISH_INTERVAL = 2.0
 """Seconds between two records of one worker."""
@@ -66,6 +64,17 @@ _ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 _PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
 _COUNT_MAX = (1 << 63) - 1
+_GROWTH_MAX = 1 << 62  # bytes, either way: beyond any machine
+
+MAX_PATHS = 32
+"""Paths one record holds at most, besides ``(other)`` (:mod:`gcfork.attribution`)."""
+
+MAX_PATH_CHARS = 120
+"""A path's length at most, once normalised (:func:`gcfork.attribution.normalise_path`)."""
+
+# A normalised path: printable ASCII without spaces (anything else is
+# percent-encoded before it is kept), so that no record can inject text into a table.
+_PATH = re.compile(rf"[\x21-\x7e]{{1,{MAX_PATH_CHARS}}}")
 
 
 class GenStats(NamedTuple):
@@ -76,6 +85,59 @@ class GenStats(NamedTuple):
     uncollectable: int
     pause_total: float  # seconds
     pause_max: float  # seconds
+
+
+class PathGrowth(NamedTuple):
+    """What the sampled requests of one path did to a worker's private memory."""
+
+    path: str  # normalised (gcfork.attribution.normalise_path), or "(other)"
+    samples: int  # sampled requests counted (>= 1)
+    total: int  # bytes: the sum of USS after - before; < 0 when memory was given back
+    max: int  # bytes: the largest difference of one sample
+
+    @property
+    def mean(self) -> float:
+        """Bytes of private memory per sampled request, on average."""
+        return self.total / self.samples
+
+
+class ByPath(NamedTuple):
+    """A worker's per-path attribution, published with its record.
+
+    .. versionadded:: 0.4
+    """
+
+    every: int  # attribute_every in force; 0 once switched off after a failure
+    sampled: int  # samples counted in ``paths``
+    overlapped: int  # samples dropped: another request of the worker ran meanwhile
+    paths: tuple[PathGrowth, ...]  # the biggest total growth first
+
+    def to_json(self) -> dict[str, Any]:
+        return {"every": self.every, "sampled": self.sampled, "overlapped": self.overlapped,
+                "paths": [p._asdict() for p in self.paths]}
+
+    @classmethod
+    def from_json(cls, obj: object) -> ByPath:
+        """Parse the ``by_path`` part of a record; every field typed and bounded.
+
+        Raises:
+            ValueError: why it is not valid, in words; KeyError for a missing field.
+        """
+        top = _dict(obj, "by_path")
+        entries = top["paths"]
+        if not isinstance(entries, list) or len(entries) > MAX_PATHS + 1:
+            raise ValueError(f"by_path.paths is not a list of at most {MAX_PATHS + 1} entries")
+        paths = []
+        for entry in (_dict(e, "by_path entry") for e in entries):
+            path = entry["path"]
+            if not isinstance(path, str) or not _PATH.fullmatch(path):
+                raise ValueError(f"path {path!r:.40} is not 1 to {MAX_PATH_CHARS} printable "
+                                 "ASCII characters")
+            paths.append(PathGrowth(path, _int(entry["samples"], "samples", 1),
+                                    _int(entry["total"], "total", -_GROWTH_MAX, _GROWTH_MAX),
+                                    _int(entry["max"], "max", -_GROWTH_MAX, _GROWTH_MAX)))
+        return cls(_int(top["every"], "every"), _int(top["sampled"], "sampled"),
+                   _int(top["overlapped"], "overlapped"), tuple(paths))
 
 
 class StatsRecord(NamedTuple):
@@ -96,6 +158,7 @@ class StatsRecord(NamedTuple):
     # Collections of every generation by pause, one count per PAUSE_BUCKETS
     # bucket and one for longer; empty from a writer that kept none.
     pauses: tuple[int, ...] = ()
+    by_path: ByPath | None = None  # a worker's per-path attribution; None when off
 
     @property
     def collections(self) -> int:
@@ -130,6 +193,7 @@ class StatsRecord(NamedTuple):
             },
             "final": self.final,
             "uss_at_exit": self.uss_at_exit,
+            "by_path": None if self.by_path is None else self.by_path.to_json(),
         }
 
     def dumps(self) -> bytes:
@@ -168,6 +232,8 @@ class StatsRecord(NamedTuple):
         Raises:
             ValueError: not a valid record of this schema version, in words.
 
+        .. versionchanged:: 0.4
+           ``by_path`` (absent or null in older records).
         .. versionchanged:: 0.3
            Strict types and bounds; any role the adapter gives (a lowercase
            token); ``dirty_arbiter_pid`` is gone.
@@ -204,31 +270,12 @@ class StatsRecord(NamedTuple):
                 generations=gens,
                 final=_bool(top.get("final", False), "final"),
                 uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
-                pauses=_pauses(gc_part.get("pauses", [])),
+                pauses=pause_counts(gc_part.get("pauses", [])),
+                by_path=(None if top.get("by_path") is None
+                         else ByPath.from_json(top["by_path"])),
             )
         except KeyError as exc:
             raise ValueError(f"malformed record (no {exc})") from None
-
-
-def pause_quantile(counts: Sequence[int], q: float, longest: float) -> float | None:
-    """The pause at quantile ``q`` (0 to 1) of a histogram over :data:`PAUSE_BUCKETS`,
-    as the upper bound of its bucket (``longest`` past the last bound, and never
-    more than it); None for no collections."""
-    total = sum(counts)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for bound, count in zip((*PAUSE_BUCKETS, math.inf), counts):
-        seen += count
-        if seen >= rank and count:
-            return min(bound, longest)
-    return longest
-
-
-def _pauses(value: object) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) not in (0, len(PAUSE_BUCKETS) + 1):
-        raise ValueError(f"pauses is not a list of {len(PAUSE_BUCKETS) + 1} counts")
-    return tuple(_int(n, "pauses") for n in value)
 
 
 def _dict(value: object, name: str) -> dict[str, Any]:
@@ -320,7 +367,7 @@ class GCCollector:
         gen[3] += pause
         if pause > gen[4]:
             gen[4] = pause
-        self._pauses[bisect.bisect_left(PAUSE_BUCKETS, pause)] += 1
+        self._pauses[bucket_of(pause)] += 1
 
     def snapshot(self) -> tuple[GenStats, ...]:
         """The counts now, one entry per generation."""
@@ -341,7 +388,7 @@ class GCCollector:
         Args:
             role: the adapter's word for this process (e.g. ``worker``).
             requests: requests served so far; None for a process that serves none.
-            **extra: ``final``, ``uss_at_exit``.
+            **extra: ``final``, ``uss_at_exit``, ``by_path``.
         """
         pid, start, started = self._identity()
         return StatsRecord(

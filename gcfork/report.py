@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, Protocol
 from gcfork import memory
 from gcfork.exceptions import MasterGone, StatsDirError
 from gcfork.memory import ClusterTotals, MemorySample, RoleSample
-from gcfork.records import PAUSE_BUCKETS
+from gcfork.pauses import PAUSE_BUCKETS
 from gcfork.render import JSONRenderer, LogLineRenderer, TableRenderer, json_safe, worker_exit_line
 from gcfork.stats import StatsDir, StatsRecord, advertised
 from gcfork.units import format_age, format_bytes, format_percent, plural
@@ -235,6 +235,8 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
         "shared_percent": m.shared_percent,
         "problem": m.problem,
         "gc": gc_part,
+        "by_path": (None if row.stats is None or row.stats.by_path is None
+                    else row.stats.by_path.to_json()),
     }
 
 

@@ -22,12 +22,14 @@ from gcfork.exceptions import short_repr
 from gcfork.typing import Mode, Thresholds, ThresholdsSetting, WarmupSetting, WorkerInfo
 
 __all__ = [
+    "MAX_EVERY",
     "MAX_SECONDS",
     "MAX_SIZE",
     "MODES",
     "boolean",
     "env_bool",
     "env_float",
+    "env_int",
     "env_paths",
     "env_size",
     "env_text",
@@ -36,6 +38,7 @@ __all__ = [
     "host_port",
     "is_loopback",
     "mode",
+    "one_in",
     "optional_dir",
     "optional_textfile",
     "seconds",
@@ -178,6 +181,23 @@ def seconds(value: object) -> float:
 
 def env_float(text: str) -> object:
     return float(text)
+
+
+MAX_EVERY = 1_000_000_000  # one request in a billion: beyond it, say 0 (off)
+
+
+def one_in(value: object) -> int:
+    """N of "one in N" (``attribute_every``): an int >= 0, 0 for off."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    number = operator.index(value)
+    if not 0 <= number <= MAX_EVERY:
+        raise ValueError(f"not in [0, {MAX_EVERY:,}]")
+    return number
+
+
+def env_int(text: str) -> object:
+    return int(text)
 
 
 def optional_dir(value: object) -> str | None:

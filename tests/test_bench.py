@@ -60,9 +60,12 @@ def servers_of(tmp_path: Path) -> list[psutil.Process]:
 
 def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
     proc = bench(tmp_path, "--app", "tests.apps.gcstate:app", "--checkpoints", "20,60",
-                 "--path", "/gc", "--path", "/cycles?n=200", "--explain")
+                 "--path", "/gc", "--path", "/cycles?n=200", "--explain",
+                 "--attribute-every", "2")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    for variant in ("off", "gcfork"):  # each variant's per-path table (attribute_every)
+        assert f"gcfork explain --by-path: variant {variant!r} after the load" in out
     assert "Memory-sharing report of 'gcfork'" in out
     assert "copy-on-write saves" in out
     table = out[out.index("after 60 requests"):]
@@ -78,6 +81,8 @@ def test_two_variants_side_by_side_with_json_and_chart(tmp_path: Path) -> None:
         assert [c["requests"] for c in run["checkpoints"]] == [0, 20, 60, None]
         assert run["errors"] == 0 and run["requests_per_second"] > 0
         assert "Private memory by mapping" in run["explain"], run["explain"]
+        assert run["by_path"]["every"] == 2 and run["by_path_table"], run["by_path"]
+        assert {p["path"] for p in run["by_path"]["paths"]} <= {"/gc", "/cycles"}
         final = run["checkpoints"][-2]["measured"]
         assert final["workers"] == 2 and final["cluster_pss"] > 0
     # The same app ran under both variants: GC on in the baseline's master,
@@ -103,6 +108,7 @@ def test_yardsticks_without_gcfork_run_the_apps_own_config(tmp_path: Path) -> No
         assert final["workers"] == 2 and final["cluster_pss"] > 0
         # Measured from outside: no process published gcfork's statistics.
         assert all(p["gc"] is None for p in run["report"]["processes"])
+        assert run["by_path"] is None and run["by_path_table"] == ""
     for variant in ("plain", "recipe"):
         log = (tmp_path / "out" / f"{variant}-0" / "gunicorn.log").read_text()
         assert "gcfork" not in log.replace(str(tmp_path), ""), log

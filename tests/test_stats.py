@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from gcfork import files
 from gcfork.exceptions import CowProfileError
 from gcfork.memory import process_start
-from gcfork.records import PAUSE_BUCKETS, pause_quantile
+from gcfork.pauses import PAUSE_BUCKETS, pause_quantile
 from gcfork.stats import (
     MAX_RECORD_BYTES,
     SCHEMA_VERSION,

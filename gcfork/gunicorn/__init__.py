@@ -27,6 +27,9 @@ dirty_worker_init  dirty    publish the dirty worker's GC record
 post_fork          worker   set thresholds, enable the GC, log the proof;
                             start the thread publishing GC statistics and
                             the ``gcfork explain`` trigger
+pre_request,       worker   with ``attribute_every`` on only: sample one
+post_request                request in N, its USS growth counted for its
+                            path (:mod:`.attribution`)
 post_worker_init   worker   for the worker kind (:mod:`gcfork.gunicorn.kinds`):
                             count an ASGI app's requests where gunicorn does
                             not (uvicorn), and publish the final record on a
@@ -112,5 +115,5 @@ def install(namespace: MutableMapping[str, Any], **settings: Any) -> Policy:
     ADAPTER.installed = True
     if ADAPTER.policy.changes_gc:
         actions.disable_in_master()
-    chain_into(namespace)
+    chain_into(namespace, per_request=policy.attribute_every > 0)
     return policy

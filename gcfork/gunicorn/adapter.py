@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from gcfork import actions, fastexit, memory, procfs
 from gcfork.exceptions import ConfigError, StartupError, StatsDirError, ThresholdsRefused
+from gcfork.gunicorn.attribution import REQUESTS, warn_unapplied
 from gcfork.gunicorn.kinds import CountingASGI, WorkerKind, count_requests, kind_of, kinds_line
 from gcfork.gunicorn.metrics import Exporter, start_exports
 from gcfork.gunicorn.recycling import GunicornRecycler
@@ -84,6 +85,7 @@ class Adapter:
         self._settle(server, StartupError)
         preload = bool(server.cfg.preload_app)
         server.log.info(self.policy.describe(preload=preload))
+        warn_unapplied(server, self.policy)
         if self.policy.mode == "disable":
             server.log.warning(
                 "gcfork: mode=disable: the GC stays off in workers, so reference cycles "
@@ -128,6 +130,7 @@ class Adapter:
         server.log.info(self.policy.describe(preload=bool(server.cfg.preload_app)))
         if self.exporter is not None:
             self.exporter.reconfigure(self.policy)
+        warn_unapplied(server, self.policy)
 
     def dirty_worker_init(self, worker: Any) -> None:
         """Dirty worker, after loading its dirty apps: publish its GC record,
@@ -341,6 +344,7 @@ class Adapter:
         try:
             self._post_fork_gc(server, worker)
         finally:
+            REQUESTS.start(worker, self.policy.attribute_every, self.kind)
             # After the GC is set up, so that the first record shows it on.
             self._start_publishing(worker, WORKER)
 
@@ -397,7 +401,8 @@ class Adapter:
         self._final_published = True
         self.publisher.stop()
         self.publisher.publish(self.collector.record(
-            WORKER, self._requests(worker, WORKER), final=True, uss_at_exit=memory.own_uss()))
+            WORKER, self._requests(worker, WORKER), final=True, uss_at_exit=memory.own_uss(),
+            by_path=REQUESTS.by_path()))
 
     def _start_publishing(self, proc: Any, role: str, explain: bool = True) -> None:
         """In a child of a template, right after its fork: publish its record,
@@ -412,7 +417,8 @@ class Adapter:
             # The count is read from the thread: the request path does no work
             # for it but CountingASGI's increment (uvicorn's worker).
             self.publisher = Publisher(
-                self.stats, lambda: self.collector.record(role, self._requests(proc, role)),
+                self.stats, lambda: self.collector.record(role, self._requests(proc, role),
+                                                          by_path=REQUESTS.by_path()),
                 on_error=lambda msg: proc.log.warning("gcfork: %s", msg),
                 also=self._explain_trigger(self.stats, proc) if explain else None,
             )
@@ -475,13 +481,11 @@ class Adapter:
         ok = (state.enabled == self.policy.workers_collect
               and state.thresholds[: len(wanted)] == wanted)
         log = worker.log.info if ok else worker.log.error
-        log(
-            "gcfork: worker slot=%s age=%s pid=%s: GC %s, thresholds %s, %s objects frozen%s",
+        log("gcfork: worker slot=%s age=%s pid=%s: GC %s, thresholds %s, %s objects frozen%s",
             info.index, info.age, worker.pid, "on" if state.enabled else "off",
             state.thresholds, state.freeze_count,
             "" if ok else f" (NOT what the policy asked: enabled={self.policy.workers_collect}, "
-                          f"thresholds={wanted})",
-        )
+                          f"thresholds={wanted})")
 
 
 # One per process: made at import in the master, inherited by every worker.

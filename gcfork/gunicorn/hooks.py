@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 from gcfork.exceptions import StartupError
 from gcfork.gunicorn.adapter import ADAPTER
+from gcfork.gunicorn.attribution import REQUESTS
 
-__all__ = ["HOOK_ARITY", "chain_into"]
+__all__ = ["HOOK_ARITY", "REQUEST_HOOK_ARITY", "chain_into", "chained"]
 
 Hook = Callable[..., object]
 
@@ -30,6 +31,9 @@ HOOK_ARITY = {
     # gunicorn 25+; an older gunicorn ignores a config name it does not know.
     "on_dirty_starting": 1, "dirty_worker_init": 1,
 }
+# Chained only while attribute_every is on (gcfork.gunicorn.attribution):
+# they run on every request.
+REQUEST_HOOK_ARITY = {"pre_request": 2, "post_request": 4}
 _OURS_LAST = frozenset({"pre_fork"})
 # gcfork steps that follow the user's hook of that name, even one that raised.
 _THEN = {"worker_exit": "worker_exit_last"}
@@ -37,6 +41,12 @@ _THEN = {"worker_exit": "worker_exit_last"}
 
 
 _SIGNATURES: dict[str, inspect.Signature] = {}
+# The hooks the last chain_into() chained: those Config.set chains too.
+_CHAINED: set[str] = set()
+
+
+def _owner(name: str) -> object:
+    return REQUESTS if name in REQUEST_HOOK_ARITY else ADAPTER
 
 
 def _signature(name: str) -> inspect.Signature:
@@ -44,7 +54,7 @@ def _signature(name: str) -> inspect.Signature:
     # alone becomes the master's garbage, kept for its life once frozen
     # (docs/how-it-works.md, "What the master leaves behind").
     if name not in _SIGNATURES:
-        _SIGNATURES[name] = inspect.signature(getattr(ADAPTER, name))
+        _SIGNATURES[name] = inspect.signature(getattr(_owner(name), name))
     return _SIGNATURES[name]
 
 
@@ -80,7 +90,7 @@ class _Chain:
 
     def _call_ours(self, method: str, *args: Any) -> None:
         try:
-            getattr(ADAPTER, method)(*args)
+            getattr(_owner(method), method)(*args)
         except StartupError:
             raise  # deliberate: gunicorn prints it and exits before any fork
         except Exception:
@@ -93,7 +103,12 @@ class _Chain:
         return f"<gcfork hook {self.name} chained with {self.theirs!r}>"
 
 
-def chain_into(namespace: MutableMapping[str, Any]) -> None:
+def chained(name: str) -> bool:
+    """Whether the last :func:`chain_into` chained the hook ``name``."""
+    return name in _CHAINED
+
+
+def chain_into(namespace: MutableMapping[str, Any], per_request: bool = False) -> None:
     """Put gcfork's hooks into a config file's ``namespace``, chained with the
     hooks it already holds, and chain those it defines later.
 
@@ -101,13 +116,22 @@ def chain_into(namespace: MutableMapping[str, Any]) -> None:
     arguments, not callable, an import path that does not import) is left as
     it is, unchained: gunicorn then rejects it at load with its own message,
     as it would without gcfork, instead of gcfork's signature hiding it.
+
+    Args:
+        namespace: the config file's globals.
+        per_request: chain ``pre_request`` and ``post_request`` too
+            (``attribute_every`` on); with no such hook of the user's, the
+            one chained is gunicorn's default (it logs the request at debug).
     """
-    for name in HOOK_ARITY:
+    names = [*HOOK_ARITY, *(REQUEST_HOOK_ARITY if per_request else ())]
+    _CHAINED.clear()
+    _CHAINED.update(names)
+    for name in names:
         current = namespace.get(name)
         if isinstance(current, _Chain):
             continue
         if current is None:
-            namespace[name] = _Chain(name, None)
+            namespace[name] = _Chain(name, _gunicorn_default(name))
             continue
         theirs = _accepted(name, current)
         if theirs is not None:
@@ -118,13 +142,27 @@ def chain_into(namespace: MutableMapping[str, Any]) -> None:
 def _accepted(name: str, value: object) -> Hook | None:
     """``value`` as gunicorn's own check of the hook ``name`` gives it back,
     or None if gunicorn would refuse it."""
-    from gunicorn.config import validate_callable
+    from gunicorn.config import validate_callable, validate_post_request
 
     try:
-        hook: Hook = validate_callable(HOOK_ARITY[name])(value)
+        if name == "post_request":  # arity 2, 3 or 4, adapted by gunicorn to 4
+            hook: Hook = validate_post_request(value)
+        else:
+            hook = validate_callable({**HOOK_ARITY, **REQUEST_HOOK_ARITY}[name])(value)
     except TypeError:
         return None
     return hook
+
+
+def _gunicorn_default(name: str) -> Hook | None:
+    """gunicorn's own hook of that name where it does something (its
+    ``pre_request`` logs the request at debug): kept under gcfork's chain."""
+    if name != "pre_request":
+        return None
+    from gunicorn.config import PreRequest
+
+    default: Hook = PreRequest.default
+    return default
 
 
 def _wrap_config_set() -> None:
@@ -138,7 +176,7 @@ def _wrap_config_set() -> None:
 
     def set(self: Any, name: str, value: object) -> None:
         original(self, name, value)
-        if name in HOOK_ARITY and ADAPTER.installed:
+        if name in _CHAINED and ADAPTER.installed:
             setting = self.settings[name]
             if not isinstance(setting.value, _Chain):
                 setting.value = _Chain(name, setting.value)

@@ -45,6 +45,9 @@ class WorkerKind:
         patches_threading: it monkey-patches ``threading`` after ``post_fork``
             (gevent), so gcfork's publishing thread must be one ``threading``
             does not track.
+        request_hooks: it calls gunicorn's ``pre_request`` and ``post_request``
+            hooks (per-path attribution, :mod:`gcfork.gunicorn.attribution`);
+            uvicorn's worker does not.
         known: one of the kinds below; False for any other class.
     """
 
@@ -53,6 +56,7 @@ class WorkerKind:
     counts_requests: bool
     patches_threading: bool = False
     known: bool = True
+    request_hooks: bool = True
 
 
 # Keyed by the defining class's module and name, as its MRO shows them.
@@ -65,8 +69,9 @@ KINDS: dict[str, WorkerKind] = {
     "gunicorn.workers.gasgi.ASGIWorker": WorkerKind("asgi", True, True),
     # uvicorn-worker's package, and uvicorn's own module before it moved there.
     "uvicorn_worker._workers.UvicornWorker": WorkerKind("uvicorn_worker.UvicornWorker", True,
-                                                        False),
-    "uvicorn.workers.UvicornWorker": WorkerKind("uvicorn.workers.UvicornWorker", True, False),
+                                                        False, request_hooks=False),
+    "uvicorn.workers.UvicornWorker": WorkerKind("uvicorn.workers.UvicornWorker", True, False,
+                                                request_hooks=False),
 }
 
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, TextIO
 
+from gcfork.attribution_settings import ATTRIBUTE_EVERY
 from gcfork.config import STATS_DIR, settings_markdown
 from gcfork.exceptions import DiscoveryError, MasterGone
 from gcfork.gunicorn.discover import (
@@ -129,21 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.set_defaults(func=bench.run)
 
     explain_parser = sub.add_parser(
-        "explain", help="which Python types and modules a worker's copied pages hold",
+        "explain", help="which Python types and modules a worker's copied pages hold; "
+        "with --by-path, which request paths make the workers copy",
         description="Show where a gunicorn worker's private (copied) memory is and which "
         "Python types and modules live on it. Every worker of a gunicorn master running "
-        "gcfork answers (gcfork starts the trigger in post_fork).",
+        "gcfork answers (gcfork starts the trigger in post_fork). With --by-path, show "
+        "instead how much the workers' private memory grows per request, by request path, "
+        "added up over the live workers of a master (attribute_every).",
     )
-    source = explain_parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pid", type=_positive_int, help="the worker to profile")
+    source = explain_parser.add_mutually_exclusive_group()
+    source.add_argument("--pid", type=_positive_int,
+                        help="the worker to profile (with --by-path: the master; default "
+                        "the one gcfork master of this user)")
     source.add_argument("--file", help="render a profile saved as JSON instead")
+    explain_parser.add_argument("--by-path", action="store_true",
+                                help="per-path growth of the workers' private memory "
+                                "(docs/report.md, 'Which requests copy')")
+    explain_parser.add_argument("--stats-dir", metavar="PATH",
+                                help="with --by-path: the master's stats directory, when it "
+                                "could not advertise it")
     explain_parser.add_argument("--dir", help="trigger directory (default: .explain in the "
                                 "stats directory the worker's master advertises)")
     explain_parser.add_argument("--timeout", type=float, default=60.0,
                                 help="seconds to wait")
     explain_parser.add_argument("--top", type=int, default=15, help="rows per table")
     explain_parser.add_argument("--json", action="store_true",
-                                help="print the profile as JSON")
+                                help="print the profile (or the per-path figures) as JSON")
     explain_parser.set_defaults(func=explain.run)
     return parser
 
@@ -188,6 +200,10 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--explain", action="store_true",
                      help="after the load, profile one worker per variant with gcfork explain "
                      "(what it copied, by mapping, type and module)")
+    how.add_argument("--attribute-every", type=int, metavar="N",
+                     help="sample one request in N in every variant's workers for the per-path "
+                     f"table ({ATTRIBUTE_EVERY.env}; default: the setting's, "
+                     f"{ATTRIBUTE_EVERY.default}; a short run wants a few, e.g. 10)")
     how.add_argument("--baseline", help="variant the ratios compare with (default: the first)")
     how.add_argument("--results", type=Path, metavar="RESULTS_JSON",
                      help="print the table of an earlier run's results.json instead of running")

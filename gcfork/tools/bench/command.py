@@ -73,6 +73,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
             raise BenchError(f"--{name} must be 1 or more")
     if args.idle < 0:
         raise BenchError("--idle must be >= 0")
+    if args.attribute_every is not None and args.attribute_every < 0:
+        raise BenchError("--attribute-every must be >= 0 (0: off)")
     if args.path_list:
         paths = check_paths(args.path_list, "--path")
     elif args.paths or args.example:
@@ -93,7 +95,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Example, Settings, list[str
     settings = Settings(workers=args.workers, requests=marks[-1], checkpoints=tuple(marks),
                         concurrency=args.concurrency, idle=args.idle, repeat=args.repeat,
                         python=os.path.abspath(python), explain=args.explain,
-                        worker_class=args.worker_class, warmup_paths=warmup_paths)
+                        worker_class=args.worker_class, warmup_paths=warmup_paths,
+                        attribute_every=args.attribute_every)
     return target, settings, variants, paths
 
 
@@ -131,6 +134,9 @@ def run(args: argparse.Namespace, stream: TextIO = sys.stdout) -> int:
     last = runs[-1]
     stream.write(f"\nMemory-sharing report of {last.variant!r} after the load "
                  f"({target.name}, {settings.workers} workers):\n\n{last.report_table}\n\n")
+    for run_ in runs:
+        if run_.by_path_table:
+            stream.write(run_.by_path_table + "\n\n")
     stream.write(render_table(summary_, settings, args.baseline) + "\n\n")
     stream.write(f"results: {json_path}\nchart:   {chart_path}\n")
     for run_ in runs:

@@ -45,6 +45,10 @@ class Run:
     report: dict[str, Any] = field(default_factory=dict)
     report_table: str = ""
     explain: str = ""
+    # The workers' USS growth by request path (gcfork/report.schema.json's
+    # $defs/by_path), added up; None when no worker published any.
+    by_path: dict[str, Any] | None = None
+    by_path_table: str = ""
 
 
 def results_json(runs: Sequence[Run], summary_: Mapping[str, Any], settings: Settings,

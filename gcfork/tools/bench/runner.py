@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from gcfork.attribution_settings import ATTRIBUTE_EVERY
 from gcfork.config import STATS_DIR
 from gcfork.exceptions import BenchError, GcforkError, ServerError
 from gcfork.gunicorn.roles import members
-from gcfork.records import PAUSE_BUCKETS, pause_quantile
+from gcfork.pauses import PAUSE_BUCKETS, pause_quantile
 from gcfork.report import Report, TableRenderer, collect
 from gcfork.stats import PUBLISH_INTERVAL
 from gcfork.tools.bench.results import Checkpoint, Run
@@ -27,6 +28,7 @@ from gcfork.tools.bench.table import checkpoint_line, summary
 from gcfork.tools.bench.variants import VARIANTS, Variant, write_config
 from gcfork.tools.bench.workload import Example, Settings, checkout_pythonpath
 from gcfork.tools.explain import render_explain, request_profile, trigger_dir
+from gcfork.tools.explain.bypath import cluster_by_path, render_by_path
 from gcfork.tools.load import LoadResult, run_load
 from gcfork.tools.server import GunicornProcess
 
@@ -74,6 +76,8 @@ def _serving(target: Example, variant: Variant, settings: Settings, directory: P
     if settings.worker_class is not None:
         args += ["--worker-class", settings.worker_class]
     warmup_paths = paths if settings.warmup_paths is None else settings.warmup_paths
+    if settings.attribute_every is not None:
+        env = {**env, ATTRIBUTE_EVERY.env: str(settings.attribute_every)}
     server = GunicornProcess(
         target.app, config, directory / "gunicorn.log", python=settings.python,
         cwd=target.directory,
@@ -126,6 +130,11 @@ def run_variant(
         run.checkpoints.append(Checkpoint(None, figures(final)))
         run.report = final.to_dict()
         run.report_table = TableRenderer()(final)
+        merged, workers = cluster_by_path(final)
+        if merged is not None:  # none from the recipe and plain variants (no gcfork)
+            run.by_path = merged.to_json()
+            run.by_path_table = render_by_path(merged, workers,
+                                               title=f"variant {variant.name!r} after the load")
         if settings.explain and final.workers:
             run.explain = _explain(final.workers[0].pid, stats_dir, directory)
     run.requests_per_second = load.requests / load.elapsed if load.elapsed else 0.0

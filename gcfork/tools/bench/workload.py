@@ -69,6 +69,8 @@ class Settings:
     worker_class: str | None = None
     # What the warm-up variants warm up with; None: the distinct paths of the mix.
     warmup_paths: Sequence[str] | None = None
+    # attribute_every of every variant's server; None keeps the setting's default.
+    attribute_every: int | None = None
 
 
 def examples_dir() -> Path:

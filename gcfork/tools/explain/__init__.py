@@ -7,6 +7,8 @@ taken inside the worker by :mod:`gcfork.explain`.
 - :mod:`gcfork.tools.explain.request`: :func:`request_profile`, asking a
   worker through the trigger directory;
 - :mod:`gcfork.tools.explain.render`: :func:`render_explain`, the text;
+- :mod:`gcfork.tools.explain.bypath`: ``--by-path``, the workers' USS growth
+  by request path, added up over a running master's live workers;
 - :mod:`gcfork.tools.explain.command`: :func:`run`, the options' effect and
   the exit status.
 

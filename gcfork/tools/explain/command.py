@@ -16,6 +16,7 @@ import sys
 
 from gcfork.exceptions import CowProfileError
 from gcfork.explain.model import read_profile
+from gcfork.tools.explain.bypath import run_by_path
 from gcfork.tools.explain.render import render_explain
 from gcfork.tools.explain.request import request_profile
 
@@ -27,11 +28,26 @@ def run(args: argparse.Namespace) -> int:
 
     Args:
         args: the options (``pid`` or ``file``, ``dir``, ``timeout``, ``top``,
-            ``json``) as :func:`gcfork.tools.cli.build_parser` parses them.
+            ``json``, ``by_path``, ``stats_dir``) as
+            :func:`gcfork.tools.cli.build_parser` parses them.
 
     Returns:
-        The exit status: 0, or 1 if the profile could not be had.
+        The exit status: 0, 1 if the profile could not be had, 2 if neither
+        ``--pid``, ``--file`` nor ``--by-path`` was given.
+
+    .. versionchanged:: 0.4
+       ``by_path`` (:func:`gcfork.tools.explain.bypath.run_by_path`) and ``stats_dir``.
     """
+    if args.by_path:
+        if args.file:
+            print("gcfork explain: error: --by-path reads a running server, not --file",
+                  file=sys.stderr)
+            return 2
+        return run_by_path(args)
+    if args.pid is None and not args.file:
+        print("gcfork explain: error: one of --pid, --file or --by-path is required",
+              file=sys.stderr)
+        return 2
     try:
         if args.file:
             profile = read_profile(args.file)
