@@ -23,10 +23,17 @@ MINORS = ["3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
 
 # Slot-dependent thresholds show that each worker got its own; the pre_fork
 # marker shows that each was frozen right before its own fork (not earlier).
+# graceful_timeout: a worker that gets the master's TERM between its fork and
+# gunicorn's init_signals (a max_requests respawn as the test stops the
+# server) still runs the master's handler, which queues the signal in the
+# worker's copy of the master's queue, so the worker never sees it; gunicorn's
+# master then waits graceful_timeout (30 s by default, over the 15 s the test
+# waits) before it kills the worker. gunicorn's race, not gcfork's.
 CONF = """
 import gcfork; gcfork.install(globals(), thresholds=lambda w: (3000 + w.index, 10, 10){extra})
 preload_app = True
 max_requests = {max_requests}
+graceful_timeout = 5
 
 def pre_fork(server, worker):
     import tests.apps.gcstate
