@@ -158,6 +158,10 @@ class StatsRecord(NamedTuple):
     # Collections of every generation by pause, one count per PAUSE_BUCKETS
     # bucket and one for longer; empty from a writer that kept none.
     pauses: tuple[int, ...] = ()
+    # The most CPU time (the collecting thread's) one collection took: beside
+    # the pauses, which are wall time, it tells the collector's work from the
+    # time the process waited for a CPU while collecting.
+    pause_cpu_max: float = 0.0  # seconds
     by_path: ByPath | None = None  # a worker's per-path attribution; None when off
 
     @property
@@ -190,6 +194,7 @@ class StatsRecord(NamedTuple):
                 "freeze_count": self.freeze_count,
                 "generations": [g._asdict() for g in self.generations],
                 "pauses": list(self.pauses),
+                "pause_cpu_max": self.pause_cpu_max,
             },
             "final": self.final,
             "uss_at_exit": self.uss_at_exit,
@@ -271,6 +276,7 @@ class StatsRecord(NamedTuple):
                 final=_bool(top.get("final", False), "final"),
                 uss_at_exit=_opt_int(top.get("uss_at_exit"), "uss_at_exit"),
                 pauses=pause_counts(gc_part.get("pauses", [])),
+                pause_cpu_max=_float(gc_part.get("pause_cpu_max", 0.0), "pause_cpu_max"),
                 by_path=(None if top.get("by_path") is None
                          else ByPath.from_json(top["by_path"])),
             )
@@ -332,12 +338,13 @@ class GCCollector:
     it calls :meth:`reset` first.
     """
 
-    __slots__ = ("_gens", "_ident", "_pauses", "_t0")
+    __slots__ = ("_c0", "_cpu_max", "_gens", "_ident", "_pauses", "_t0")
 
     def __init__(self) -> None:
         self._gens: list[list[float]] = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
         self._pauses = [0] * (len(PAUSE_BUCKETS) + 1)
-        self._t0 = 0.0
+        self._cpu_max = 0.0
+        self._t0 = self._c0 = 0.0
         self._ident: tuple[int, int, float] = (0, 0, 0.0)  # pid, start, started
 
     def install(self) -> None:
@@ -354,12 +361,17 @@ class GCCollector:
         """Forget every count (in a child right after the fork)."""
         self._gens = [[0, 0, 0, 0.0, 0.0] for _ in range(3)]
         self._pauses = [0] * (len(PAUSE_BUCKETS) + 1)
+        self._cpu_max = 0.0
 
     def _callback(self, phase: str, info: Mapping[str, int]) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
+            self._c0 = time.thread_time()
             return
         pause = time.perf_counter() - self._t0
+        cpu = time.thread_time() - self._c0
+        if cpu > self._cpu_max:
+            self._cpu_max = cpu
         gen = self._gens[min(max(info.get("generation", 0), 0), 2)]
         gen[0] += 1
         gen[1] += info.get("collected", 0)
@@ -395,7 +407,7 @@ class GCCollector:
             role=role, pid=pid, start=start, started=started, written=time.time(),
             requests=requests, gc_enabled=gc.isenabled(), thresholds=gc.get_threshold(),
             freeze_count=gc.get_freeze_count(), generations=self.snapshot(),
-            pauses=tuple(self._pauses), **extra,
+            pauses=tuple(self._pauses), pause_cpu_max=self._cpu_max, **extra,
         )
 
 

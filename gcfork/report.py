@@ -212,6 +212,7 @@ def _row_dict(row: ProcessRow, now: float) -> dict[str, Any]:
             "collections": s.collections,
             "pause_max": s.pause_max,
             "pause_p99": s.pause_quantile(0.99),
+            "pause_cpu_max": s.pause_cpu_max,
             "pauses": [{"le": bound, "count": count} for bound, count
                        in zip((*PAUSE_BUCKETS, None), s.pauses)],
             "generations": [g._asdict() for g in s.generations],

@@ -93,6 +93,8 @@ def test_pauses_are_kept_as_a_histogram(collector: GCCollector) -> None:
     assert len(record.pauses) == len(PAUSE_BUCKETS) + 1
     longest = record.pause_max
     assert longest > 0.005  # the traversal of a million objects, on any machine here
+    # CPU time of the collecting thread: some, and never more than the wall time.
+    assert 0 < record.pause_cpu_max <= longest + 0.001
     # Its bucket holds exactly the longest pause.
     bucket = bisect.bisect_left(PAUSE_BUCKETS, longest)
     assert record.pauses[bucket] >= 1
@@ -322,7 +324,7 @@ BAD_FIELDS = [
     ("gc.generations.0.collections", 2**63), ("final", "yes"), ("uss_at_exit", -1),
     ("role", ""), ("role", "Master"), ("role", "worker one"), ("role", "x" * 33),
     ("role", "worker\u200b"), ("gc", []), ("schema", True),
-    ("gc.pauses", [1, 2]), ("gc.pauses", "many"), ("gc.pauses", [-1] * 11),
+    ("gc.pause_cpu_max", -1.0), ("gc.pause_cpu_max", "1"), ("gc.pauses", [1, 2]), ("gc.pauses", "many"), ("gc.pauses", [-1] * 11),
 ]
 
 

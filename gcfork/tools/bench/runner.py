@@ -182,6 +182,8 @@ def figures(report: Report) -> dict[str, Any]:
         "gc_max_pause": max(pauses) if pauses else None,
         "gc_pause_p50": pause_quantile(merged, 0.5, max(pauses)) if merged and pauses else None,
         "gc_pause_p99": pause_quantile(merged, 0.99, max(pauses)) if merged and pauses else None,
+        "gc_max_pause_cpu": max((w.stats.pause_cpu_max for w in report.workers
+                                 if w.stats is not None), default=None),
         "gc_pauses_over_20ms": sum(merged[PAUSE_BUCKETS.index(0.02) + 1:]) if merged else None,
     }
 

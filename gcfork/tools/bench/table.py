@@ -36,6 +36,7 @@ ROWS: Sequence[tuple[str, str, Callable[[float], str]]] = (
     ("GC pause p99 (<=)", "gc_pause_p99", format_ms),
     ("GC pauses > 20 ms", "gc_pauses_over_20ms", format_count),
     ("GC max pause", "gc_max_pause", format_ms),
+    ("GC max pause, CPU time", "gc_max_pause_cpu", format_ms),
 )
 
 
