@@ -96,6 +96,24 @@ def run_child(app: Any, thresholds: tuple[int, ...], freeze_at: int | None,
     os.write(out, json.dumps(result).encode())
 
 
+def floor(out: int) -> None:
+    """The cost of freeing one ``/cycles/?n=20000``'s garbage alone: the
+    example's own nodes, built as its view builds them, dropped, collected."""
+    from shopsite.views import _Node
+
+    gc.disable()
+    costs = []
+    for _ in range(7):
+        nodes = [_Node("home", None)]
+        for i in range(1, 20000):
+            nodes.append(_Node(f"node-{i}", nodes[(i - 1) // 40]))
+        del nodes
+        wall, cpu = time.perf_counter(), time.thread_time()
+        freed = gc.collect()
+        costs.append((time.perf_counter() - wall, time.thread_time() - cpu, freed))
+    os.write(out, json.dumps(costs).encode())
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -109,6 +127,8 @@ def main() -> None:
     parser.add_argument("--config", action="append", help="name=t0,t1,t2[+freeze@N]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--longest", type=int, default=0, help="print the N longest pauses")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time freeing one /cycles/?n=20000's garbage alone")
     parser.add_argument("--exclude", action="append", default=[],
                         help="leave the mix's paths starting with this out")
     args = parser.parse_args()
@@ -121,6 +141,21 @@ def main() -> None:
           f"{gc.get_freeze_count()} objects frozen in the parent; load {os.getloadavg()[0]:.2f}")
     print(f"{'config':<26} {'gen':>3} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'max cpu':>8} {'USS MiB':>8} {'req/s':>6}")
+    if args.floor:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                floor(write)
+            finally:
+                os._exit(0)
+        os.close(write)
+        costs = json.loads(os.read(read, 1 << 16))
+        os.waitpid(pid, 0)
+        print("freeing one /cycles/?n=20000's garbage alone: "
+              + ", ".join(f"{c * 1e3:.1f} ms CPU ({w * 1e3:.1f} wall, {n:,} objects)"
+                          for w, c, n in costs))
     for spec in args.config or DEFAULT_CONFIGS:
         name, _, values = spec.partition("=")
         freeze_at = int(name.split("+freeze@")[1]) if "+freeze@" in name else None

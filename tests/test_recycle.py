@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -341,3 +342,29 @@ def test_a_hup_refuses_a_bad_bound_in_one_line_then_sets_a_good_one(
     assert target not in server.worker_pids(), "the leaking worker was not recycled"
     assert set(load.statuses) == {200}
     assert [pid for pid, _, _ in _recycles(server.log())] == [target]
+
+
+@pytest.mark.parametrize("kind", ["gthread", "gevent"])
+def test_recycling_is_graceful_in_the_kinds_that_serve_several_requests(
+        start_server: StartServer, kind: str) -> None:
+    """SIGTERM is gunicorn's graceful stop for every kind: a worker serving
+    several requests at once finishes them before it exits; none fails."""
+    settings = f'worker_class = "{kind}"\nthreads = 4\nworker_connections = 50\n'
+    server = start_server(_conf("'60MiB'") + settings, workers=2)
+    target = server.worker_pids()[0]
+    statuses: list[int] = []
+
+    def client() -> None:
+        while target in server.worker_pids():
+            statuses.append(server.get(f"/leak?pid={target}", timeout=30)[0])
+            statuses.append(server.get("/gc?sleep=0.05", timeout=30)[0])
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(120)
+    assert target not in server.worker_pids(), "the leaking worker was not recycled"
+    assert statuses and set(statuses) == {200}, statuses
+    assert [pid for pid, _, _ in _recycles(server.log())] == [target]
+    wait_for(lambda: f"gcfork: worker {target} exited" in server.log(), what="its exit line")
