@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,10 @@ def test_immortalize_logs_once_and_respawned_workers_serve(start_server: StartSe
     log = server.log()
     assert log.count("objects of the master immortal") == 1, log
     assert "also immortalize" in log
+    # The same walk hashed strings and tagged types (gcfork.finish), and said so.
+    assert re.search(r"immortal .* in [\d.]+s; hashed [1-9]\d* strings, [1-9]\d* types have a "
+                     r"version tag", log), log
+    assert "no type version tags" not in log and "no precomputed hashes" not in log, log
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="checks the refusal before 3.12")
