@@ -2,13 +2,18 @@
 
 No load, no server: a master process imports the Django example
 (``examples/django_app``), warms it up with one pass of its ``paths.txt``
-in-process, closes its database connections, collects and freezes, applies
-one technique, and forks a child. The child measures its USS
+in-process (not with ``--cold``), closes its database connections, collects
+and freezes, applies one technique, and forks a child. The child measures its USS
 (``Private_Clean + Private_Dirty`` of ``/proc/self/smaps_rollup``), does a
-fixed amount of work, and measures again; the growth is what that work copied.
+fixed amount of work, and measures again. The figure is the child's USS
+after the work: what a worker holds on its own after serving it. (Its growth
+from right after the fork is not used: a master that freed a large block
+just before the fork leaves the child a different starting USS, so the
+growth moves by up to 3 MiB with no change in what the child holds at the end.)
 
 Techniques (``--modes``): ``freeze`` (nothing more), ``hashes``, ``tags``,
-``finish`` (both, :func:`gcfork.finish.finish_heap`), and on 3.12+
+``finish`` (both, :func:`gcfork.finish.finish_heap`), ``walk`` (the same
+walk doing nothing: its own cost), and on 3.12+
 ``immortal`` (:func:`gcfork.immortal.immortalize_heap`) alone or with a
 finisher (``immortal+hashes``, ``immortal+tags``, ``immortal+finish``).
 
@@ -21,6 +26,7 @@ through ``type.__getattribute__`` (the upper bound for version tags).
 Usage (the database first: ``python examples/django_app/manage.py setup_demo``)::
 
     python benchmarks/heap_probe.py --python 3.11=/path/python3.11 --python 3.12=...
+    python benchmarks/heap_probe.py --python 3.12=... --explain   # + gcfork explain of the child
     python benchmarks/heap_probe.py --one finish --work requests   # one run here, JSON
 
 Each run is a fresh interpreter with this checkout on ``PYTHONPATH``; the
@@ -60,7 +66,12 @@ def _paths() -> list[str]:
             if line.strip()]
 
 
-def one_run(mode: str, work: str, passes: int) -> dict[str, Any]:
+# The inherited types whose pages the techniques are about, in --explain.
+EXPLAINED = ("str", "bytes", "type", "tuple", "code", "dict", "int")
+
+
+def one_run(mode: str, work: str, passes: int, explain: bool = False,
+            cold: bool = False) -> dict[str, Any]:
     """Load, warm up, freeze, apply ``mode``, fork a child doing ``work``; the figures."""
     gc.disable()
     sys.path.insert(0, str(APP_DIR))
@@ -70,7 +81,7 @@ def one_run(mode: str, work: str, passes: int) -> dict[str, Any]:
     from gcfork.warmup import close_connections, request
 
     paths = _paths()
-    for path in paths:
+    for path in [] if cold else paths:
         request(application, path, host="localhost")
     close_connections()
     strings: list[str] = []
@@ -120,19 +131,29 @@ def one_run(mode: str, work: str, passes: int) -> dict[str, Any]:
                 # AttributeError, or a descriptor's own error
                 with contextlib.suppress(Exception):
                     lookup(kind, "__gcfork_probe__")
-        os.write(write_end, str(_private() - before).encode())
+        figures: dict[str, Any] = {"child_uss_before": before, "child_uss": _private()}
+        if explain:
+            from gcfork.explain.capture import profile_self
+
+            profile = profile_self(top=200)
+            figures["explain_pages"] = {
+                row.key: row.pages for row in profile.by_type
+                if row.origin == "inherited" and row.key in EXPLAINED}
+        os.write(write_end, json.dumps(figures).encode())
         os._exit(0)
     os.close(write_end)
-    copied = int(os.read(read_end, 64))
+    with os.fdopen(read_end, "rb") as pipe:
+        result.update(json.loads(pipe.read()))
     os.waitpid(child, 0)
-    result["child_copied"] = copied
     return result
 
 
-def _run_in(python: str, mode: str, work: str, passes: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _run_in(python: str, mode: str, work: str, passes: int, explain: bool,
+            cold: bool) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     out = subprocess.run(
-        [python, __file__, "--one", mode, "--work", work, "--passes", str(passes)],
+        [python, __file__, "--one", mode, "--work", work, "--passes", str(passes),
+         *(["--explain"] if explain else []), *(["--cold"] if cold else [])],
         capture_output=True, text=True, env=env, timeout=120,
     )
     if out.returncode != 0:
@@ -149,18 +170,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", choices=WORKS, default="requests")
     parser.add_argument("--passes", type=int, default=2, help="paths.txt passes in the child")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up pass in the master before the fork")
+    parser.add_argument("--explain", action="store_true",
+                        help="profile the child after the work (gcfork explain): exclusive "
+                             "pages holding inherited objects of a few types")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one_run(args.one, args.work, args.passes)))
+        print(json.dumps(one_run(args.one, args.work, args.passes, args.explain, args.cold)))
         return 0
     if not args.python:
         parser.error("pass --python VERSION=PATH at least once")
     kib = 1024
     print(f"heap probe: Django example, child work {args.work!r}"
           f"{f' ({args.passes} passes of paths.txt)' if args.work == 'requests' else ''}, "
+          f"{'no warm-up' if args.cold else 'master warmed up with one pass'}, "
           f"median of {args.repeat}; {os.getloadavg()[0]:.2f} load average")
-    print(f"{'python':<8} {'technique':<16} {'child copied':>13} {'vs freeze':>10} "
+    print(f"{'python':<8} {'technique':<16} {'child USS':>13} {'vs freeze':>10} "
           f"{'hashed':>7} {'tagged':>7} {'seconds':>8}  runs (KiB)")
     for pair in args.python:
         version, _, python = pair.partition("=")
@@ -169,15 +196,21 @@ def main(argv: list[str]) -> int:
             *PLAIN, *(IMMORTAL if immortal_ok else ())]
         base = None
         for mode in modes:
-            runs = [_run_in(python, mode, args.work, args.passes) for _ in range(args.repeat)]
-            copied = statistics.median(r["child_copied"] for r in runs)
+            runs = [_run_in(python, mode, args.work, args.passes, args.explain, args.cold)
+                    for _ in range(args.repeat)]
+            copied = statistics.median(r["child_uss"] for r in runs)
             if base is None:
                 base = copied
             last = runs[-1]
             print(f"{version:<8} {mode:<16} {copied / kib:>9.0f} KiB "
                   f"{(copied - base) / kib:>+7.0f} KiB {last.get('hashed', ''):>7} "
                   f"{last.get('tagged', ''):>7} {last['technique_seconds']:>8}  "
-                  f"{[r['child_copied'] // kib for r in runs]}", flush=True)
+                  f"{[r['child_uss'] // kib for r in runs]}", flush=True)
+            if args.explain:
+                pages = {key: statistics.median(r["explain_pages"].get(key, 0) for r in runs)
+                         for key in EXPLAINED}
+                print(f"{'':<8} {'':<16} inherited objects on exclusive pages (pages of 4 KiB): "
+                      + ", ".join(f"{key} {n:.0f}" for key, n in pages.items()), flush=True)
     return 0
 
 
