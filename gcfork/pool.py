@@ -192,7 +192,7 @@ class PoolRuntime:
             return
         done = finisher.result()
         self.log.info("gcfork: made %d objects of the %s immortal (%d left mortal) in %.3fs; "
-                      "hashed %d strings, %d types have a version tag",
+                      "hashed %d str and bytes objects, %d types have a version tag",
                       result.objects, self.role, result.skipped, result.seconds,
                       done.hashed, done.tagged)
         for line in finish.warnings(done):

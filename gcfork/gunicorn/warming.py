@@ -81,7 +81,8 @@ def immortalize_master(server: Any) -> None:
     done = finisher.result()
     server.log.info(
         "gcfork: made %d objects of the master immortal (%d left mortal: finalizers, "
-        "frames) in %.3fs; hashed %d strings, %d types have a version tag; master RSS %+.1f MiB",
+        "frames) in %.3fs; hashed %d str and bytes objects, %d types have a version tag; "
+        "master RSS %+.1f MiB",
         result.objects, result.skipped, result.seconds, done.hashed, done.tagged,
         (result.rss_after - result.rss_before) / 2**20,
     )
