@@ -168,7 +168,8 @@ def test_a_child_hashing_and_looking_up_inherited_objects_copies_nothing(minor: 
         figures[on] = [int(x) for x in result.stdout.split()]
     (hash_off, lookup_off), (hash_on, lookup_on) = figures[False], figures[True]
     assert hash_off > 2 * 2**20 and lookup_off > 1 * 2**20, figures  # the control copies
-    assert hash_on < 256 * 1024 and lookup_on < 256 * 1024, figures
+    # (the lookups raise and drop 2,000 AttributeErrors: some 200 KiB of their own)
+    assert hash_on < 512 * 1024 and lookup_on < 512 * 1024, figures
 
 
 def test_a_missing_symbol_is_reported_not_silent(monkeypatch: pytest.MonkeyPatch) -> None:
