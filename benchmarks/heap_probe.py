@@ -1,8 +1,9 @@
 """The heap probe: what finishing the heap (hashes, type tags) saves a forked child.
 
 No load, no server: a master process imports the Django example
-(``examples/django_app``), warms it up with one pass of its ``paths.txt``
-in-process (not with ``--cold``), closes its database connections, collects
+(``examples/django_app``; ``--example flask``: ``examples/flask_app``), warms
+it up with one pass of its ``paths.txt`` in-process (not with ``--cold``),
+closes its database connections, collects
 and freezes, applies one technique, and forks a child. The child measures its USS
 (``Private_Clean + Private_Dirty`` of ``/proc/self/smaps_rollup``), does a
 fixed amount of work, and measures again. The figure is the child's USS
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import os
 import statistics
@@ -49,7 +51,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-APP_DIR = REPO / "examples" / "django_app"
+# --example: its directory and WSGI app (module, attribute), as in its gunicorn.conf.py.
+EXAMPLES = {
+    "django": (REPO / "examples" / "django_app", "shopsite.wsgi", "application"),
+    "flask": (REPO / "examples" / "flask_app", "wsgi", "app"),
+}
 PLAIN = ("freeze", "walk", "hashes", "tags", "finish")
 IMMORTAL = ("immortal", "immortal+hashes", "immortal+tags", "immortal+finish")
 WORKS = ("requests", "hash", "types")
@@ -61,8 +67,8 @@ def _private() -> int:
         return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Private_"))
 
 
-def _paths() -> list[str]:
-    return [line.strip() for line in (APP_DIR / "paths.txt").read_text().splitlines()
+def _paths(app_dir: Path) -> list[str]:
+    return [line.strip() for line in (app_dir / "paths.txt").read_text().splitlines()
             if line.strip()]
 
 
@@ -71,16 +77,16 @@ EXPLAINED = ("str", "bytes", "type", "tuple", "code", "dict", "int")
 
 
 def one_run(mode: str, work: str, passes: int, explain: bool = False,
-            cold: bool = False) -> dict[str, Any]:
+            cold: bool = False, example: str = "django") -> dict[str, Any]:
     """Load, warm up, freeze, apply ``mode``, fork a child doing ``work``; the figures."""
     gc.disable()
-    sys.path.insert(0, str(APP_DIR))
-    os.chdir(APP_DIR)
-    from shopsite.wsgi import application
-
+    app_dir, module, attribute = EXAMPLES[example]
+    sys.path.insert(0, str(app_dir))
+    os.chdir(app_dir)
     from gcfork.warmup import close_connections, request
 
-    paths = _paths()
+    application = getattr(importlib.import_module(module), attribute)
+    paths = _paths(app_dir)
     for path in [] if cold else paths:
         request(application, path, host="localhost")
     close_connections()
@@ -149,11 +155,12 @@ def one_run(mode: str, work: str, passes: int, explain: bool = False,
 
 
 def _run_in(python: str, mode: str, work: str, passes: int, explain: bool,
-            cold: bool) -> dict[str, Any]:
+            cold: bool, example: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     out = subprocess.run(
         [python, __file__, "--one", mode, "--work", work, "--passes", str(passes),
-         *(["--explain"] if explain else []), *(["--cold"] if cold else [])],
+         *(["--explain"] if explain else []), *(["--cold"] if cold else []),
+         "--example", example],
         capture_output=True, text=True, env=env, timeout=120,
     )
     if out.returncode != 0:
@@ -170,6 +177,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", choices=WORKS, default="requests")
     parser.add_argument("--passes", type=int, default=2, help="paths.txt passes in the child")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--example", choices=sorted(EXAMPLES), default="django")
     parser.add_argument("--cold", action="store_true",
                         help="no warm-up pass in the master before the fork")
     parser.add_argument("--explain", action="store_true",
@@ -178,12 +186,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one_run(args.one, args.work, args.passes, args.explain, args.cold)))
+        print(json.dumps(one_run(args.one, args.work, args.passes, args.explain, args.cold,
+                                 args.example)))
         return 0
     if not args.python:
         parser.error("pass --python VERSION=PATH at least once")
     kib = 1024
-    print(f"heap probe: Django example, child work {args.work!r}"
+    print(f"heap probe: {args.example} example, child work {args.work!r}"
           f"{f' ({args.passes} passes of paths.txt)' if args.work == 'requests' else ''}, "
           f"{'no warm-up' if args.cold else 'master warmed up with one pass'}, "
           f"median of {args.repeat}; {os.getloadavg()[0]:.2f} load average")
@@ -196,7 +205,8 @@ def main(argv: list[str]) -> int:
             *PLAIN, *(IMMORTAL if immortal_ok else ())]
         base = None
         for mode in modes:
-            runs = [_run_in(python, mode, args.work, args.passes, args.explain, args.cold)
+            runs = [_run_in(python, mode, args.work, args.passes, args.explain, args.cold,
+                            args.example)
                     for _ in range(args.repeat)]
             copied = statistics.median(r["child_uss"] for r in runs)
             if base is None:
