@@ -40,7 +40,9 @@ left alone: hashing one calls its items' ``__hash__``.
 How a type is tagged: ``PyUnstable_Type_AssignVersionTag`` (3.12+, the C API
 made for this); before 3.12, ``_PyType_Lookup`` of a name no type defines,
 the lookup every attribute access does, which assigns the tag as a side
-effect and runs no Python code. Types not ready (``Py_TPFLAGS_READY`` unset)
+effect and runs no Python code (short of a class ``__dict__`` holding a
+non-string key whose hash equals that name's, whose ``__eq__`` the dict
+lookup would call). Types not ready (``Py_TPFLAGS_READY`` unset)
 are left alone. A type that cannot be tagged (the interpreter ran out of
 tags for it) is counted, and the master's log says how many.
 
