@@ -290,8 +290,11 @@ numpy's ``ndarray.resize``, then refuse). Objects with a finalizer
 (``__del__``: files, sockets, generators) and frames stay mortal. It runs
 once, at the first fork: objects the master makes later (it makes few) stay
 mortal, so that master bookkeeping such as the records of exited workers can
-still be freed. The walk takes about 0.1 s per 100,000 objects; one line in
-the master's log gives the count, the time and the master's RSS change.
+still be freed. The same walk computes the hash of every ``str`` and
+``bytes`` and assigns every type its version tag, the two caches a worker
+would otherwise write into them on first use (``docs/beyond-freeze.md``).
+The walk takes about 0.1 s per 100,000 objects; one line in the master's log
+gives the counts, the time and the master's RSS change.
 
 Refused at start-up, naming the reason, on any interpreter other than 64-bit
 CPython 3.12 to 3.15 with the GIL. Ignored in mode ``off``.""",

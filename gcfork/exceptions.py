@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "CowProfileError",
     "DiscoveryError",
+    "FinishUnsupported",
     "GcforkError",
     "ImmortalizeUnsupported",
     "MasterGone",
@@ -206,6 +207,13 @@ class ImmortalizeUnsupported(_Because):
     """This interpreter cannot make objects immortal safely; nothing was written."""
 
     what = "make the heap immortal on this interpreter"
+
+
+class FinishUnsupported(_Because):
+    """This interpreter offers no safe way to finish the heap (hashes, type
+    version tags); nothing was written."""
+
+    what = "finish the heap before the fork on this interpreter"
 
 
 class ServerError(GcforkError, RuntimeError):

@@ -205,7 +205,9 @@ def is_immortal(obj: object) -> bool:
     return bool(sys.getrefcount(obj) & _IMMORTAL_BIT)
 
 
-def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
+def immortalize_heap(
+    skip_types: tuple[type, ...] = (), finish: Callable[[Any], None] | None = None
+) -> ImmortalizeResult:
     """Master, once, after the first freeze and right before the first fork:
     make every object that exists now immortal, so workers never write their
     reference counts.
@@ -225,6 +227,9 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
     Args:
         skip_types: further types whose instances (subclasses included) stay
             mortal, e.g. ``numpy.ndarray`` if workers resize arrays in place.
+        finish: called with each object made immortal, e.g. a
+            :class:`gcfork.finish.Finisher` (hashes, type version tags), so
+            that the heap is walked once for both.
 
     Returns:
         Counts, time, and the master's RSS before and after.
@@ -234,6 +239,7 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
             :func:`unsupported_reason`); nothing has been written then.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.3 ``finish``.
     """
     reason = unsupported_reason()
     if reason is not None:
@@ -246,7 +252,7 @@ def immortalize_heap(skip_types: tuple[type, ...] = ()) -> ImmortalizeResult:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        objects, skipped = _walk(write, skip_types)
+        objects, skipped = _walk(write, skip_types, finish)
     finally:
         if was_enabled:
             gc.enable()
@@ -315,7 +321,10 @@ def _self_check(write: Callable[[int], None], layout: _Layout) -> None:
         )
 
 
-def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[int, int]:
+def _walk(
+    write: Callable[[int], None], skip_types: tuple[type, ...],
+    finish: Callable[[Any], None] | None,
+) -> tuple[int, int]:
     frozen = gc.get_freeze_count() > 0
     if frozen:
         # gc.get_objects() does not list the permanent generation.
@@ -355,6 +364,8 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
         if not getrefcount(obj) & _IMMORTAL_BIT:
             write(id(obj))
             made += 1
+            if finish is not None:
+                finish(obj)
         stack.append(obj)
         while stack:
             parent: Any = stack.pop()
@@ -369,6 +380,8 @@ def _walk(write: Callable[[int], None], skip_types: tuple[type, ...]) -> tuple[i
                     continue
                 write(id(child))
                 made += 1
+                if finish is not None:
+                    finish(child)
                 stack.append(child)
     del tracked
     return made, skipped

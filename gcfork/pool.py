@@ -49,7 +49,7 @@ import time
 from collections.abc import Mapping
 from typing import Callable
 
-from gcfork import actions, immortal, memory, procfs
+from gcfork import actions, finish, immortal, memory, procfs
 from gcfork.exceptions import ConfigError, ImmortalizeUnsupported, StatsDirError
 from gcfork.fleet import Exporter
 from gcfork.lifecycle import LIFECYCLE
@@ -182,13 +182,21 @@ class PoolRuntime:
         # In the template, inside its first os.fork(), right after the first freeze.
         if not self.policy.immortalizes:
             return
+        # The same walk hashes strings and tags types (gcfork.finish): the
+        # caches a worker would otherwise write into objects made immortal.
+        finisher = finish.Finisher()
         try:
-            result = immortal.immortalize_heap()
+            result = immortal.immortalize_heap(finish=finisher)
         except ImmortalizeUnsupported as exc:
             self.log.error("gcfork: %s; children share the frozen heap without it", exc)
             return
-        self.log.info("gcfork: made %d objects of the %s immortal (%d left mortal) in %.3fs",
-                      result.objects, self.role, result.skipped, result.seconds)
+        done = finisher.result()
+        self.log.info("gcfork: made %d objects of the %s immortal (%d left mortal) in %.3fs; "
+                      "hashed %d str and bytes objects, %d types have a version tag",
+                      result.objects, self.role, result.skipped, result.seconds,
+                      done.hashed, done.tagged)
+        for line in finish.warnings(done):
+            self.log.warning("%s", line)
 
     def stop_template(self) -> None:
         """Template at exit: the report in the log, then the stats directory

@@ -324,7 +324,8 @@ BAD_FIELDS = [
     ("gc.generations.0.collections", 2**63), ("final", "yes"), ("uss_at_exit", -1),
     ("role", ""), ("role", "Master"), ("role", "worker one"), ("role", "x" * 33),
     ("role", "worker\u200b"), ("gc", []), ("schema", True),
-    ("gc.pause_cpu_max", -1.0), ("gc.pause_cpu_max", "1"), ("gc.pauses", [1, 2]), ("gc.pauses", "many"), ("gc.pauses", [-1] * 11),
+    ("gc.pause_cpu_max", -1.0), ("gc.pause_cpu_max", "1"), ("gc.pauses", [1, 2]),
+    ("gc.pauses", "many"), ("gc.pauses", [-1] * 11),
 ]
 
 

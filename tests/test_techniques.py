@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,41 @@ def test_immortalize_logs_once_and_respawned_workers_serve(start_server: StartSe
     log = server.log()
     assert log.count("objects of the master immortal") == 1, log
     assert "also immortalize" in log
+    # The same walk hashed strings and tagged types (gcfork.finish), and said so.
+    assert re.search(r"immortal .* in [\d.]+s; hashed [1-9]\d* str and bytes objects, "
+                     r"[1-9]\d* types have a version tag", log), log
+    assert "no type version tags" not in log and "no precomputed hashes" not in log, log
+
+
+# The interpreter without PyUnstable_Type_AssignVersionTag (hidden from ctypes).
+NO_TAG_SYMBOL = """
+import ctypes
+
+class _Hidden:
+    def __init__(self, api):
+        self._api = api
+
+    def __getattr__(self, name):
+        if name == "PyUnstable_Type_AssignVersionTag":
+            raise AttributeError(name)
+        return getattr(self._api, name)
+
+ctypes.pythonapi = _Hidden(ctypes.pythonapi)
+"""
+
+
+def test_a_missing_version_tag_symbol_is_a_warning_and_the_rest_goes_on(
+    start_server: StartServer,
+) -> None:
+    server = start_server(conf("immortalize=True", before=NO_TAG_SYMBOL),
+                          python=gunicorn_interpreter("3.12"), workers=1)
+    assert worker_states(server, 1)
+    log = server.log()
+    warning = [line for line in log.splitlines() if "no type version tags" in line]
+    assert len(warning) == 1 and "[WARNING]" in warning[0], log
+    assert "PyUnstable_Type_AssignVersionTag" in warning[0], log
+    # Made immortal and hashed all the same; no type has been tagged by gcfork.
+    assert re.search(r"immortal .*; hashed [1-9]\d* str and bytes objects, 0 types", log), log
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="checks the refusal before 3.12")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gcfork import immortal, warmup
+from gcfork import finish, immortal, warmup
 from gcfork.exceptions import ImmortalizeUnsupported, StartupError, WarmupError
 from gcfork.gunicorn.kinds import WorkerKind
 from gcfork.policy import Policy
@@ -68,15 +68,23 @@ def warm_up_master(server: Any, policy: Policy, kind: WorkerKind | None) -> None
 
 def immortalize_master(server: Any) -> None:
     """Master, inside the first ``os.fork()``, right after the first freeze
-    (the ``immortalize`` setting): make the frozen heap immortal, and log it."""
+    (the ``immortalize`` setting): make the frozen heap immortal, hash its
+    strings and tag its types in the same walk, and log it."""
+    # The same walk hashes strings and tags types (gcfork.finish): the caches
+    # a worker would otherwise write into objects made immortal.
+    finisher = finish.Finisher()
     try:
-        result = immortal.immortalize_heap()
+        result = immortal.immortalize_heap(finish=finisher)
     except ImmortalizeUnsupported as exc:
         server.log.error("gcfork: %s; workers share the frozen heap without it", exc)
         return
+    done = finisher.result()
     server.log.info(
         "gcfork: made %d objects of the master immortal (%d left mortal: finalizers, "
-        "frames) in %.3fs; master RSS %+.1f MiB",
-        result.objects, result.skipped, result.seconds,
+        "frames) in %.3fs; hashed %d str and bytes objects, %d types have a version tag; "
+        "master RSS %+.1f MiB",
+        result.objects, result.skipped, result.seconds, done.hashed, done.tagged,
         (result.rss_after - result.rss_before) / 2**20,
     )
+    for line in finish.warnings(done):
+        server.log.warning("%s", line)
