@@ -15,7 +15,8 @@ p99, max) by generation, the child's USS at the end and the requests/s.
 Each configuration is ``name=t0,t1,t2`` (``--config``, repeatable), with
 ``+freeze@N`` to call ``gc.collect()`` then ``gc.freeze()`` in the child after
 its first N requests, or ``+settle@K`` to call ``gc.freeze()`` from a
-``gc.callbacks`` callback right after the child's K-th full collection.
+``gc.callbacks`` callback right after the child's K-th full collection, and
+``+reset`` to call ``gc.collect()`` in the child before it serves.
 Standard library only.
 """
 
@@ -64,7 +65,7 @@ def load_app() -> Any:
 
 
 def run_child(app: Any, thresholds: tuple[int, ...], freeze_at: int | None,
-              settle_at: int | None, paths: list[str], out: int) -> None:
+              settle_at: int | None, reset: bool, paths: list[str], out: int) -> None:
     pauses: list[tuple[int, float, float, int, int]] = []
     started: list[float] = [0.0, 0.0]
     current = [0]  # index of the request being served
@@ -81,6 +82,8 @@ def run_child(app: Any, thresholds: tuple[int, ...], freeze_at: int | None,
 
     gc.set_threshold(*thresholds)
     gc.callbacks.append(callback)
+    if reset:
+        gc.collect()  # the collector's count of long-lived objects: the worker's, not the master's
     gc.enable()
     t0 = time.perf_counter()
     for i, path in enumerate(paths):
@@ -166,7 +169,7 @@ def main() -> None:
         if pid == 0:
             os.close(read)
             try:
-                run_child(app, thresholds, freeze_at, settle_at, paths, write)
+                run_child(app, thresholds, freeze_at, settle_at, "+reset" in name, paths, write)
             finally:
                 os._exit(0)
         os.close(write)
