@@ -4,8 +4,9 @@ Why: ``gc.freeze()`` in the master keeps a worker's collections off the
 inherited heap, but a worker builds a heap of its own as it serves (ORM and
 template caches, connections, compiled regular expressions) and every full
 collection traverses all of it, together with the cyclic garbage of the
-latest requests. On the Django example that made full collections of 40 to
-110 ms (``benchmarks/gc_pause_probe.py``, ``docs/how-it-works.md``).
+latest requests. On the Django example that made full collections of 46 ms
+(median) to 122 ms (``benchmarks/gc_pause_probe.py``,
+``docs/beyond-freeze-part-two.md``).
 
 What :func:`install` does, in a worker, right after the fork: a
 ``gc.callbacks`` callback counts the worker's full collections and, right
