@@ -158,6 +158,10 @@ def interpreter_refuses(policy: Policy) -> Outcome:
                 return Outcome(TRACEBACK, f"thresholds_for({info}): {_describe(exc)}")
             if got is not None and (bad := _set_threshold(got)) is not None:
                 return bad
+    elif thresholds == "auto":
+        got = policy.thresholds_for(WorkerInfo(0, 1))  # None in modes disable and off
+        if got is not None and (bad := _set_threshold(got)) is not None:
+            return bad
     elif thresholds is not None and (bad := _set_threshold(thresholds)) is not None:
         return bad
     interval = policy.report_interval
@@ -194,6 +198,9 @@ def interpreter_refuses(policy: Policy) -> Outcome:
     min_age = policy.recycle_min_age
     if not isinstance(min_age, float) or not 0 <= min_age < math.inf:
         return Outcome(BAD_ACCEPT, f"recycle_min_age={_safe_repr(min_age)}")
+    every = policy.attribute_every
+    if type(every) is not int or not 0 <= every <= 10**9:
+        return Outcome(BAD_ACCEPT, f"attribute_every={_safe_repr(every)}")
     return _metrics_refused(policy) or Outcome(ACCEPTED)
 
 
@@ -319,7 +326,8 @@ _PATHS = st.text(max_size=12).map(lambda s: "/" + s) | TEXT
 SPECIFIC: dict[str, st.SearchStrategy[Any]] = {
     "mode": st.sampled_from([*MODES, "Freeze", "OFF", "off ", "freeze\0", "disabled"]),
     "thresholds": st.lists(_THRESHOLD_ITEM, max_size=4).map(tuple)
-    | st.lists(st.integers(0, 2**40), min_size=1, max_size=3) | CALLABLES,
+    | st.lists(st.integers(0, 2**40), min_size=1, max_size=3) | CALLABLES
+    | st.sampled_from(["auto", "Auto", "AUTO", "auto ", "automatic"]),
     "collect_before_freeze": st.booleans() | HUGE_INTS,
     "report_interval": FLOATS | st.integers(-10, 2**70) | HUGE_INTS,
     "stats_dir": _PATHS | st.builds(Path, _PATHS) | st.binary(max_size=10).map(lambda b: b"/" + b),
@@ -335,6 +343,8 @@ SPECIFIC: dict[str, st.SearchStrategy[Any]] = {
     "metrics_bind": TEXT | st.from_regex(r"[a-z0-9.\-\[\]:]{0,20}:[0-9]{0,6}", fullmatch=True),
     "metrics_allow_remote": st.booleans() | HUGE_INTS,
     "metrics_textfile": _PATHS | _PATHS.map(lambda p: p + ".prom") | st.builds(Path, _PATHS),
+    # Which requests copy (issue 13).
+    "attribute_every": st.integers(-10, 2**70) | HUGE_INTS | FLOATS | TEXT,
 }
 
 def _in_an_environment(text: str) -> bool:
@@ -362,7 +372,7 @@ VALID_ENV_TEXT: dict[str, str] = {
     "warmup_host": "example.com", "immortalize": "false", "fast_exit": "true",
     "max_worker_private": "300MiB", "recycle_min_age": "5",
     "metrics_bind": "127.0.0.1:9464", "metrics_allow_remote": "true",
-    "metrics_textfile": "/tmp/gcfork-fuzz.prom",
+    "metrics_textfile": "/tmp/gcfork-fuzz.prom", "attribute_every": "50",
 }
 
 
