@@ -17,7 +17,9 @@ Each configuration is ``name=t0,t1,t2`` (``--config``, repeatable), with
 its first N requests, or ``+settle@K`` to call ``gc.freeze()`` from a
 ``gc.callbacks`` callback right after the child's K-th full collection, and
 ``+reset`` to call ``gc.collect()`` in the child before it serves.
-Standard library only.
+``--floor`` times freeing one ``/cycles/?n=20000``'s garbage in a child
+that does nothing else; ``--floor-after N`` the same in a child that served N
+requests of the mix first. Standard library only.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "django_app"
@@ -117,6 +120,42 @@ def floor(out: int) -> None:
     os.write(out, json.dumps(costs).encode())
 
 
+def floor_in_worker(app: Any, paths: list[str], out: int) -> None:
+    """The same garbage in a worker: serve ``paths`` first (collector on,
+    ``(700, 1, 1)``), then time the collection that frees each of five
+    ``/cycles/?n=20000`` requests' garbage, right after the request."""
+    gc.set_threshold(700, 1, 1)
+    gc.enable()
+    for path in paths:
+        request(app, path)
+    gc.collect()
+    costs = []
+    for _ in range(5):
+        request(app, "/cycles/?n=20000")
+        wall, cpu = time.perf_counter(), time.thread_time()
+        freed = gc.collect()
+        costs.append((time.perf_counter() - wall, time.thread_time() - cpu, freed))
+    os.write(out, json.dumps(costs).encode())
+
+
+def in_child(work: Callable[[int], None]) -> Any:
+    """Run ``work(fd)`` in a forked child; what it wrote to fd, as JSON."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            work(write)
+        finally:
+            os._exit(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 1 << 20):
+        chunks.append(chunk)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -132,6 +171,9 @@ def main() -> None:
     parser.add_argument("--longest", type=int, default=0, help="print the N longest pauses")
     parser.add_argument("--floor", action="store_true",
                         help="also time freeing one /cycles/?n=20000's garbage alone")
+    parser.add_argument("--floor-after", type=int, action="append", default=[], metavar="N",
+                        help="also time it in a worker that served N requests first "
+                             "(repeatable)")
     parser.add_argument("--exclude", action="append", default=[],
                         help="leave the mix's paths starting with this out")
     args = parser.parse_args()
@@ -145,39 +187,20 @@ def main() -> None:
     print(f"{'config':<26} {'gen':>3} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'max cpu':>8} {'USS MiB':>8} {'req/s':>6}")
     if args.floor:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            try:
-                floor(write)
-            finally:
-                os._exit(0)
-        os.close(write)
-        costs = json.loads(os.read(read, 1 << 16))
-        os.waitpid(pid, 0)
         print("freeing one /cycles/?n=20000's garbage alone: "
               + ", ".join(f"{c * 1e3:.1f} ms CPU ({w * 1e3:.1f} wall, {n:,} objects)"
-                          for w, c, n in costs))
+                          for w, c, n in in_child(floor)))
+    for served in args.floor_after:
+        costs = in_child(partial(floor_in_worker, app, paths[:served]))
+        print(f"the same, in a worker after {served:,} requests of the mix: "
+              + ", ".join(f"{c * 1e3:.1f} ms CPU ({n:,} objects)" for _, c, n in costs))
     for spec in args.config or DEFAULT_CONFIGS:
         name, _, values = spec.partition("=")
         freeze_at = int(name.split("+freeze@")[1]) if "+freeze@" in name else None
         settle_at = int(name.split("+settle@")[1]) if "+settle@" in name else None
         thresholds = tuple(int(v) for v in values.split(","))
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            try:
-                run_child(app, thresholds, freeze_at, settle_at, "+reset" in name, paths, write)
-            finally:
-                os._exit(0)
-        os.close(write)
-        chunks = []
-        while chunk := os.read(read, 1 << 20):
-            chunks.append(chunk)
-        os.waitpid(pid, 0)
-        result = json.loads(b"".join(chunks))
+        result = in_child(partial(run_child, app, thresholds, freeze_at, settle_at,
+                                  "+reset" in name, paths))
         for gen in (0, 1, 2):
             wall = [p[1] * 1e3 for p in result["pauses"] if p[0] == gen]
             cpu = [p[2] * 1e3 for p in result["pauses"] if p[0] == gen]

@@ -14,6 +14,11 @@ sockets), without building it:
   requests, collects, freezes (and, with ``--immortalize``, makes its own
   heap immortal), and forks the ``--workers`` workers.
 
+With ``--warmup``, the master first warms the app up as gcfork's ``warmup``
+setting does (one pass of the mix's distinct paths, then a collection of what
+the requests made, then the freeze), so that ``master`` is part one's
+``beyond`` and ``mold`` shows what a mold adds to it.
+
 Every worker then serves ``--requests`` requests of the example's mix with its
 GC on (gcfork's worker thresholds) and waits; the probe measures every
 process of the tree at that moment (RSS, PSS, USS from ``smaps_rollup``):
@@ -90,17 +95,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="per worker")
     parser.add_argument("--warm", type=int, default=1000, help="requests the mold serves")
     parser.add_argument("--immortalize", action="store_true")
+    parser.add_argument("--warmup", action="store_true",
+                        help="warm the master up first, as the warmup setting does")
     args = parser.parse_args()
     app = load_app()
+    mix = [p for p in (EXAMPLE / "paths.txt").read_text().split() if p.startswith("/")]
+    if args.warmup:
+        from django.db import connections
+
+        serve(app, list(dict.fromkeys(mix)))
+        connections.close_all()
+        gc.collect(0)  # the warm-up's cycles; the imported app is frozen already
+        gc.freeze()
     if args.immortalize:
         from gcfork.immortal import immortalize_heap
 
         immortalize_heap()
-    mix = [p for p in (EXAMPLE / "paths.txt").read_text().split() if p.startswith("/")]
     random.Random(0).shuffle(mix)
     paths = [mix[i % len(mix)] for i in range(args.requests)]
     print(f"CPython {sys.version.split()[0]}, {args.workers} workers x {args.requests} "
           f"requests, mold warmed by {args.warm}, immortalize={args.immortalize}, "
+          f"master warm-up={args.warmup}, "
           f"load {os.getloadavg()[0]:.2f}")
     master = os.getpid()
 

@@ -117,7 +117,9 @@ def enable_in_master() -> None:
 def freeze(collect_first: bool = False, collect_young: bool = False) -> int:
     """Master, right before each fork: move every tracked object to the
     permanent generation, so that collections in the child never write to
-    their headers. Also used in a worker right after a late app import.
+    their headers. Also used in the master before the warm-up (so that the
+    collection after it visits only what its requests made), and in a worker
+    right after a late app import.
 
     Args:
         collect_first: run a full collection before freezing (see the
@@ -138,8 +140,8 @@ def freeze(collect_first: bool = False, collect_young: bool = False) -> int:
 
 
 def collect_since_last_freeze() -> int:
-    """Master, right before every freeze but the first: free the cycles made
-    since the previous one.
+    """Master, right before every freeze but the first, and right after the
+    warm-up: free the cycles made since the previous freeze.
 
     The master's collector is off for its whole life, so without this every
     cycle it makes (gunicorn re-reading its config on HUP, a user's hook) would

@@ -37,6 +37,20 @@ def test_warmup_runs_in_the_master_before_the_first_fork(start_server: StartServ
     assert worker_states(server, 1)
 
 
+def test_the_master_frees_the_cycles_its_warmup_made(start_server: StartServer) -> None:
+    # The master's collector is off: without a collection after the warm-up,
+    # every cycle its requests made would be frozen into every worker's heap.
+    server = start_server(conf("warmup=['/cycles?n=500&counted=1', '/gc']"), workers=1)
+    (state,) = worker_states(server, 1).values()
+    assert state["counted_cycles_alive"] == 0, state
+    line = next(x for x in server.log().splitlines() if "gcfork: warm-up in the master" in x)
+    freed = int(re.search(r"freed ([\d,]+) objects", line).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert freed >= 500, line
+    # The cycles a worker makes are its own collector's business.
+    status, body = server.get("/cycles?n=300&counted=1")
+    assert status == 200 and json.loads(body)["counted_cycles_alive"] == 300
+
+
 @pytest.mark.parametrize(("settings", "env"), [
     ("warmup=['/gc', '/missing']", {}),
     ("", {"GCFORK_WARMUP": "/gc,/missing"}),

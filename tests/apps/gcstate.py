@@ -7,7 +7,8 @@ Endpoints:
                   before this worker's fork (see FORK_MARKERS)
     /fork         forks a child the way multiprocessing does and reports the GC
                   state of both sides, to show that gcfork leaves it alone
-    /cycles?n=N   makes N reference cycles (garbage for the collector)
+    /cycles?n=N   makes N reference cycles (garbage for the collector);
+                  with counted=1, cycles that CYCLES counts while they live
     /reference    reads every record of REFERENCE, as a request reading the
                   app's shared data would (each read writes a reference count)
     /modules      the worker's pid and the names of the modules it has loaded
@@ -26,6 +27,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -55,6 +57,19 @@ class _Lazy:
 
 LAZY = _Lazy({"debug": False})
 
+
+
+class _Cycle:
+    """An object that refers to itself: only the cyclic GC frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+# The /cycles?counted=1 cycles still alive in this process: a worker that
+# inherits some was forked from a master that kept them.
+CYCLES: weakref.WeakSet[_Cycle] = weakref.WeakSet()
+
 # What /leak keeps: never freed, as a cache that only grows.
 LEAKED: list[bytes] = []
 
@@ -68,6 +83,7 @@ def _state() -> dict[str, Any]:
         "freeze_count": gc.get_freeze_count(),
         "enabled_at_import": ENABLED_AT_IMPORT,
         "own_fork_marker_frozen": _newest_marker_frozen(),
+        "counted_cycles_alive": len(CYCLES),
     }
 
 
@@ -126,9 +142,13 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             LEAKED.append(b"\x01" * 2**20)
         body = {"pid": os.getpid(), "leaked_mib": len(LEAKED)}
     elif path == "/cycles":
+        counted = query.get("counted") == ["1"]
         for _ in range(int(query.get("n", ["1000"])[0])):
-            node: dict[str, Any] = {}
-            node["self"] = node
+            if counted:
+                CYCLES.add(_Cycle())
+            else:
+                node: dict[str, Any] = {}
+                node["self"] = node
         body = _state()
     else:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
