@@ -264,7 +264,8 @@ class PoolRuntime:
             self.collector.install()
             self.publisher = Publisher(
                 self.stats, lambda: self.collector.record(WORKER, requests()),
-                on_error=lambda msg: self.log.warning("gcfork: %s", msg))
+                on_error=lambda msg: self.log.warning("gcfork: %s", msg),
+                release_memory=self.policy.changes_gc)
             self.publisher.start()
         except Exception:
             self.log.exception("gcfork: cannot publish GC statistics; the child runs without")

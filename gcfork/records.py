@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gcfork import files, procfs
+from gcfork import actions, files, procfs
 from gcfork.memory import process_start
 from gcfork.pauses import PAUSE_BUCKETS, bucket_of, pause_counts, pause_quantile
 
@@ -424,10 +424,16 @@ class Publisher:
         on_error: told once, in words, if publishing fails; the thread carries on.
         also: called in the thread after each record (the worker's
             ``gcfork explain`` poll), so a worker runs one gcfork thread.
+        release_memory: after each record, give the C allocator's free pages
+            back to the OS (:func:`gcfork.actions.release_free_memory`): what
+            a worker's collections and requests freed in the middle of its
+            heap stays resident otherwise, counted in its private memory.
+            About 0.3 ms when there is something to release, 0.01 ms when
+            not; ``malloc_trim`` runs without the GIL.
     """
 
-    __slots__ = ("_also", "_build", "_dir", "_error_told", "_interval", "_on_error", "_stop",
-                 "_thread")
+    __slots__ = ("_also", "_build", "_dir", "_error_told", "_interval", "_on_error",
+                 "_release_memory", "_stop", "_thread")
 
     def __init__(
         self,
@@ -436,9 +442,11 @@ class Publisher:
         interval: float = PUBLISH_INTERVAL,
         on_error: Callable[[str], object] | None = None,
         also: Callable[[], object] | None = None,
+        release_memory: bool = False,
     ) -> None:
         self._dir = stats_dir
         self._also = also
+        self._release_memory = release_memory
         self._build = build
         self._interval = interval
         self._on_error = on_error
@@ -470,6 +478,8 @@ class Publisher:
             self.publish()
             if self._also is not None:
                 self._also()
+            if self._release_memory:
+                actions.release_free_memory()
             if self._stop.wait(self._interval):
                 return
 

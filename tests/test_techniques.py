@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,28 @@ def test_the_master_frees_the_cycles_its_warmup_made(start_server: StartServer) 
     # The cycles a worker makes are its own collector's business.
     status, body = server.get("/cycles?n=300&counted=1")
     assert status == 200 and json.loads(body)["counted_cycles_alive"] == 300
+
+
+@pytest.mark.parametrize("mode", ["freeze", "off"])
+def test_a_worker_gives_the_heap_pages_it_freed_back(start_server: StartServer,
+                                                      mode: str) -> None:
+    # What a worker frees in the middle of C malloc's heap stays resident (and
+    # private) until malloc_trim; its gcfork thread calls it every 2 s, unless
+    # gcfork is off (the baseline changes nothing).
+    server = start_server(conf(f"mode={mode!r}"), workers=1)
+    status, body = server.get("/heap-hole?mib=16")
+    assert status == 200
+    hole = json.loads(body)
+    pid, after_free = hole["pid"], hole["uss_after_free"]
+
+    def released() -> bool:
+        return uss(pid) < after_free - 12 * 2**20
+
+    if mode == "off":
+        time.sleep(5)  # two and a half records
+        assert not released(), (uss(pid) - after_free) / 2**20
+    else:
+        wait_for(released, timeout=6, what="the 16 MiB given back")
 
 
 @pytest.mark.parametrize(("settings", "env"), [

@@ -421,7 +421,7 @@ class Adapter:
                                                           by_path=REQUESTS.by_path()),
                 on_error=lambda msg: proc.log.warning("gcfork: %s", msg),
                 also=self._explain_trigger(self.stats, proc) if explain else None,
-            )
+                release_memory=self.policy.changes_gc)
             # gevent's worker patches threading after post_fork, where this runs.
             self.publisher.start(untracked=self.kind is not None and self.kind.patches_threading)
         except Exception:

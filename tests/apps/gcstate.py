@@ -11,6 +11,11 @@ Endpoints:
                   with counted=1, cycles that CYCLES counts while they live
     /reference    reads every record of REFERENCE, as a request reading the
                   app's shared data would (each read writes a reference count)
+    /heap-hole?mib=N  allocates N MiB in blocks C malloc serves from its heap,
+                  keeps one block made after them (so the heap cannot shrink
+                  from its top), frees the N MiB, and answers its own USS:
+                  free pages in the middle of the heap, resident until
+                  malloc_trim gives them back
     /modules      the worker's pid and the names of the modules it has loaded
     /thread       runs a threading.Thread to its end (a greenlet once gevent
                   patched threading) and says what the threading module is
@@ -69,6 +74,16 @@ class _Cycle:
 # The /cycles?counted=1 cycles still alive in this process: a worker that
 # inherits some was forked from a master that kept them.
 CYCLES: weakref.WeakSet[_Cycle] = weakref.WeakSet()
+
+# The blocks /heap-hole keeps after the ones it frees.
+HEAP_PINS: list[bytes] = []
+
+
+def _own_uss() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        fields = dict(line.split()[:2] for line in rollup if line.split()[0].startswith("Private_"))
+    return sum(int(kib) for kib in fields.values()) * 1024
+
 
 # What /leak keeps: never freed, as a cache that only grows.
 LEAKED: list[bytes] = []
@@ -141,6 +156,12 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             # lazily and not be resident at all.
             LEAKED.append(b"\x01" * 2**20)
         body = {"pid": os.getpid(), "leaked_mib": len(LEAKED)}
+    elif path == "/heap-hole":
+        # 4,000-byte bytes objects: above pymalloc's 512, below malloc's mmap threshold.
+        blocks = [bytes([1]) * 4000 for _ in range(int(query.get("mib", ["16"])[0]) * 262)]
+        HEAP_PINS.append(bytes([2]) * 4000)
+        del blocks
+        body = {"pid": os.getpid(), "uss_after_free": _own_uss()}
     elif path == "/cycles":
         counted = query.get("counted") == ["1"]
         for _ in range(int(query.get("n", ["1000"])[0])):
